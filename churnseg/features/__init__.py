@@ -1,0 +1,1 @@
+"""Pure table-in, table-out functions: contract, cleaning, features, labels (no I/O)."""

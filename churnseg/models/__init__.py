@@ -1,0 +1,1 @@
+"""Estimators and model bookkeeping: segmentation, churn, evaluation, registry."""

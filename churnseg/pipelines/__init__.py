@@ -1,0 +1,1 @@
+"""Wiring: config loading, sources and sinks, Prefect tasks and flows, command line."""

@@ -1,0 +1,93 @@
+"""End-to-end: the real flows on a small sample, under one Prefect harness and a temp MLflow."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def flow_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    state = tmp_path_factory.mktemp("state")
+    path = state / "config.yaml"
+    path.write_text(
+        f"""
+state_dir: {state}
+sample: {{customers: 800, seed: 5, dirty_fraction: 0.02}}
+sources:
+  customers: {{path: "{{state_dir}}/sample/customers.parquet"}}
+  transactions: {{path: "{{state_dir}}/sample/transactions.parquet"}}
+segmentation: {{k_min: 2, k_max: 5, n_init: 2}}
+"""
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def retrained(prefect_harness: None, flow_config: Path) -> dict[str, Any]:
+    from churnseg.pipelines.flows import retrain_flow
+
+    return retrain_flow(config_path=str(flow_config))
+
+
+def published(config_path: Path) -> pd.DataFrame:
+    db = config_path.parent / "scores.db"
+    with sqlite3.connect(db) as con:
+        return pd.read_sql("SELECT * FROM customer_scores", con)
+
+
+def test_retrain_accounts_for_every_row(retrained: dict[str, Any]) -> None:
+    for table, quality in retrained["quality"].items():
+        assert quality.rows == retrained["rows_read"][table], table
+        assert quality.clean + quality.quarantined == quality.rows, table
+    assert retrained["quality"]["transactions"].quarantined > 0, "the sample has dirty rows"
+
+
+def test_retrain_publishes_one_row_per_clean_customer(
+    retrained: dict[str, Any], flow_config: Path
+) -> None:
+    out = published(flow_config)
+    clean_customers = pd.read_parquet(Path(retrained["run_folder"]) / "clean" / "customers.parquet")
+    assert len(out) == retrained["rows_published"]
+    assert sorted(out.customer_id) == sorted(clean_customers.customer_id)
+    assert out.churn_probability.between(0, 1).all()
+    assert out.snapshot_date.nunique() == 1 and out.snapshot_date[0] == retrained["snapshot"]
+    assert set(out.segment_id) == set(range(retrained["k"]))
+
+
+def test_retrain_registers_both_champions(retrained: dict[str, Any], flow_config: Path) -> None:
+    client = MlflowClient(tracking_uri=f"sqlite:///{flow_config.parent}/mlflow.db")
+    for name, key in [
+        ("churnseg-segmentation", "segmentation_version"),
+        ("churnseg-churn", "churn_version"),
+    ]:
+        version = client.get_model_version_by_alias(name, "champion")
+        assert int(version.version) == retrained[key], name
+    run = client.get_run(retrained["mlflow_run_id"])
+    assert run.data.metrics["val_roc_auc"] == pytest.approx(retrained["val_roc_auc"])
+    assert retrained["val_roc_auc"] > 0.6, "the sample's churn mechanism gives real signal"
+    children = client.search_runs(
+        [run.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{run.info.run_id}'"
+    )
+    assert [c.data.tags["churnseg.flow"] for c in children] == ["score"]
+
+
+def test_score_flow_republishes_same_snapshot_idempotently(
+    retrained: dict[str, Any], flow_config: Path
+) -> None:
+    from churnseg.pipelines.flows import score_flow
+
+    before = published(flow_config)
+    summary = score_flow(config_path=str(flow_config))
+    after = published(flow_config)
+    assert summary["rows_published"] == len(before) == len(after)
+    merged = before.merge(after, on=["snapshot_date", "customer_id"])
+    assert (merged.churn_probability_x == merged.churn_probability_y).all()
+    assert (merged.segment_id_x == merged.segment_id_y).all()
