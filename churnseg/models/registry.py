@@ -52,3 +52,23 @@ def champion_version(name: str) -> int:
 def load_champion(name: str) -> Any:
     """Return the scikit-learn model behind ``models:/<name>@champion``."""
     return mlflow.sklearn.load_model(f"models:/{name}@{CHAMPION}")
+
+
+def find_champion(name: str) -> int | None:
+    """Return the champion version of ``name``, or None when there is no such model or alias."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return champion_version(name)
+    except MlflowException:
+        return None
+
+
+def load_version(name: str, version: int) -> Any:
+    """Return the scikit-learn model of ``name`` at ``version``."""
+    return mlflow.sklearn.load_model(f"models:/{name}/{version}")
+
+
+def version_tags(name: str, version: int) -> dict[str, str]:
+    """Return the tags of one registered model version."""
+    return dict(MlflowClient().get_model_version(name, str(version)).tags)

@@ -1,37 +1,107 @@
-"""k-means segmentation with k chosen from the data, inside one scikit-learn pipeline."""
+"""k-means segmentation: inputs, k chosen from data, stable ids, readable names, profiles.
+
+The clustering inputs describe *how* a customer buys, not *whether* they still do: purchase rate
+over the customer's active life and mean order value (both log-scaled). Recency and tenure stay
+out on purpose: they describe a customer's state, which lifecycle stages and churn scores carry;
+clustering on them would split one behaviour type by age and churn state and make segment
+meaning drift between retrains.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
-from sklearn.base import BaseEstimator, ClusterMixin
-from sklearn.cluster import KMeans
-from sklearn.metrics import silhouette_score
+from scipy.optimize import linear_sum_assignment
+from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
+from sklearn.cluster import KMeans, MiniBatchKMeans
+from sklearn.decomposition import PCA
+from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score, silhouette_score
 from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import FunctionTransformer, StandardScaler
+from sklearn.preprocessing import FunctionTransformer, RobustScaler, StandardScaler
 
 from churnseg.models.transforms import SKOPS_TRUSTED_TYPES, signed_log1p
 
-SEGMENT_FEATURES = ("recency_days", "frequency", "monetary_mean", "tenure_days")
-SKOPS_TYPES = [*SKOPS_TRUSTED_TYPES, "churnseg.models.segmentation.AutoKMeans"]
+DEFAULT_FEATURES = ("purchase_rate", "monetary_mean")
+SKOPS_TYPES = [
+    *SKOPS_TRUSTED_TYPES,
+    "churnseg.models.segmentation.SegmentInputs",
+    "churnseg.models.segmentation.AutoKMeans",
+]
+# Shortest active life a purchase rate is measured over, so one early order is not "30 a month".
+MIN_ACTIVE_DAYS = 30.0
+
+
+def purchase_rate(frame: pd.DataFrame) -> pd.Series:
+    """Return purchases per 30 days over each customer's active life.
+
+    Active life runs from when the customer became known to their last purchase
+    (``tenure_days - recency_days``), at least ``MIN_ACTIVE_DAYS``; customers without a purchase
+    have rate 0. A churned customer keeps the rate they bought at while active.
+    """
+    active = (frame["tenure_days"] - frame["recency_days"]).clip(lower=MIN_ACTIVE_DAYS)
+    return (frame["frequency"] * 30.0 / active).astype("float64")
+
+
+DERIVED = {"purchase_rate": purchase_rate}
+
+
+class SegmentInputs(TransformerMixin, BaseEstimator):
+    """Select (and derive) the clustering inputs from a raw feature table.
+
+    A name that is a column of the feature table is taken as is; otherwise a derived input is
+    computed (``purchase_rate``, see :func:`purchase_rate`).
+    """
+
+    def __init__(self, features: Sequence[str] = DEFAULT_FEATURES) -> None:
+        self.features = features
+
+    def fit(self, X: pd.DataFrame, y: Any = None) -> SegmentInputs:
+        """Check the inputs exist; remember their names."""
+        self.feature_names_out_ = np.asarray(list(self.features), dtype=object)
+        self.transform(X)
+        return self
+
+    def transform(self, X: pd.DataFrame) -> NDArray[np.float64]:
+        """Return the clustering inputs as a float matrix, one column per feature."""
+        columns = []
+        for name in self.features:
+            if name in X.columns:
+                columns.append(X[name].to_numpy(dtype="float64"))
+            elif name in DERIVED:
+                columns.append(DERIVED[name](X).to_numpy())
+            else:
+                raise KeyError(
+                    f"segmentation input {name!r} is neither a feature column nor derived "
+                    f"({sorted(DERIVED)}); the feature table has {sorted(X.columns)}"
+                )
+        return np.nan_to_num(np.column_stack(columns), nan=0.0)
+
+    def get_feature_names_out(self, input_features: Any = None) -> NDArray[Any]:
+        """Return the names of the produced columns."""
+        return self.feature_names_out_
 
 
 class AutoKMeans(ClusterMixin, BaseEstimator):
-    """KMeans whose k is chosen by silhouette over a range, with a minimum segment share.
+    """k-means whose k is chosen from the data, with ids that can be relabelled.
 
-    Segment ids are ordered by the first feature's centroid, ascending (recency first means
-    segment 0 is the most recently active), so ids do not depend on k-means' random label order.
+    For every k in ``[k_min, k_max]`` it fits k-means (``KMeans`` up to ``minibatch_above``
+    rows, ``MiniBatchKMeans`` above) and scores silhouette (on a sample of at most
+    ``silhouette_sample`` rows), Calinski-Harabasz and Davies-Bouldin. k is the one with the
+    best silhouette among those whose smallest segment holds at least ``min_segment_share`` of
+    the rows (all k when none does). Rows are sorted before fitting, so the result does not
+    depend on row order.
 
     Attributes:
         k_: The chosen number of segments.
-        scores_: One record per candidate k: silhouette, smallest segment share, eligibility
-            (plain dicts, not a DataFrame, so the fitted model serialises with skops).
-        kmeans_: The fitted KMeans with centroids in id order.
-        cluster_centers_: Centroids in the (scaled) input space, row i = segment i.
+        scores_: One record per candidate k (plain dicts so the model serialises with skops).
+        cluster_centers_: Centroids in the input space, row i is segment ``segment_ids_[i]``.
+        segment_ids_: The id each centroid predicts (0..k-1 until :meth:`relabel`).
+        kmeans_: The fitted k-means estimator.
     """
 
     def __init__(
@@ -41,6 +111,7 @@ class AutoKMeans(ClusterMixin, BaseEstimator):
         min_segment_share: float = 0.03,
         silhouette_sample: int = 5000,
         n_init: int = 4,
+        minibatch_above: int = 200_000,
         random_state: int = 0,
     ) -> None:
         self.k_min = k_min
@@ -48,123 +119,284 @@ class AutoKMeans(ClusterMixin, BaseEstimator):
         self.min_segment_share = min_segment_share
         self.silhouette_sample = silhouette_sample
         self.n_init = n_init
+        self.minibatch_above = minibatch_above
         self.random_state = random_state
 
+    def _estimator(self, k: int, n_rows: int) -> KMeans | MiniBatchKMeans:
+        if n_rows > self.minibatch_above:
+            return MiniBatchKMeans(
+                n_clusters=k,
+                n_init=self.n_init,
+                random_state=self.random_state,
+                batch_size=4096,
+            )
+        return KMeans(n_clusters=k, n_init=self.n_init, random_state=self.random_state)
+
     def fit(self, X: NDArray[np.float64], y: Any = None) -> AutoKMeans:
-        """Fit KMeans for every k in range and keep the best eligible one."""
+        """Fit k-means for every candidate k and keep the best eligible one."""
         X = np.asarray(X, dtype=np.float64)
         if self.k_min < 2 or self.k_max < self.k_min:
             raise ValueError(f"need 2 <= k_min <= k_max, got {self.k_min}..{self.k_max}")
         k_hi = min(self.k_max, len(X) - 1)
         if k_hi < self.k_min:
             raise ValueError(f"{len(X)} rows are too few for k >= {self.k_min}")
+        # Row order must not matter: k-means++ draws rows by position.
+        X = X[np.lexsort(X.T[::-1])]
         rng = np.random.default_rng(self.random_state)
         sample = (
-            rng.choice(len(X), self.silhouette_sample, replace=False)
+            np.sort(rng.choice(len(X), self.silhouette_sample, replace=False))
             if len(X) > self.silhouette_sample
             else np.arange(len(X))
         )
-        rows, fits = [], {}
+        records, fits = [], {}
         for k in range(self.k_min, k_hi + 1):
-            km = KMeans(n_clusters=k, n_init=self.n_init, random_state=self.random_state)
-            labels = km.fit_predict(X)
-            share = np.bincount(labels, minlength=k).min() / len(X)
-            sil = float(silhouette_score(X[sample], labels[sample]))
-            rows.append(
+            km = self._estimator(k, len(X)).fit(X)
+            labels = km.predict(X)
+            sizes = np.bincount(labels, minlength=k)
+            records.append(
                 {
                     "k": k,
-                    "silhouette": sil,
-                    "min_share": share,
-                    "eligible": bool(share >= self.min_segment_share),
+                    "silhouette": float(silhouette_score(X[sample], labels[sample])),
+                    "calinski_harabasz": float(calinski_harabasz_score(X, labels)),
+                    "davies_bouldin": float(davies_bouldin_score(X, labels)),
+                    "inertia": float(km.inertia_),
+                    "min_share": float(sizes.min() / len(X)),
+                    "eligible": bool(sizes.min() / len(X) >= self.min_segment_share),
                 }
             )
             fits[k] = km
-        scores = pd.DataFrame(rows)
-        eligible = scores[scores.eligible]
-        pool = eligible if len(eligible) else scores
-        best = int(pool.sort_values(["silhouette", "k"], ascending=[False, True]).iloc[0]["k"])
-        km = fits[best]
-        order = np.argsort(km.cluster_centers_[:, 0], kind="stable")
-        # Reordering the centroids makes predict() return ids in that order.
+        pool = [r for r in records if r["eligible"]] or records
+        best = max(pool, key=lambda r: (r["silhouette"], -r["k"]))
+        km = fits[int(best["k"])]
+        # Order centroids lexicographically so ids do not depend on k-means' label order.
+        order = np.lexsort(km.cluster_centers_.T[::-1])
         km.cluster_centers_ = km.cluster_centers_[order]
-        km.labels_ = np.argsort(order)[km.labels_]
-        self.k_ = best
-        self.scores_ = rows
+        self.k_ = int(best["k"])
+        self.scores_ = records
         self.kmeans_ = km
         self.cluster_centers_ = km.cluster_centers_
+        self.segment_ids_ = np.arange(self.k_, dtype=np.int64)
         return self
 
     def predict(self, X: NDArray[np.float64]) -> NDArray[np.int64]:
         """Return the segment id of each row."""
-        return np.asarray(self.kmeans_.predict(np.asarray(X, dtype=np.float64)), dtype=np.int64)
+        position = self.kmeans_.predict(np.asarray(X, dtype=np.float64))
+        return np.asarray(self.segment_ids_[position], dtype=np.int64)
+
+    def relabel(self, ids: Sequence[int]) -> AutoKMeans:
+        """Give centroid i the id ``ids[i]`` (used to keep ids stable across retrains)."""
+        ids_array = np.asarray(ids, dtype=np.int64)
+        if ids_array.shape != (self.k_,) or len(set(ids_array.tolist())) != self.k_:
+            raise ValueError(f"need {self.k_} distinct ids, got {list(ids)}")
+        self.segment_ids_ = ids_array
+        return self
 
 
 def segmentation_pipeline(
-    k_min: int = 2,
-    k_max: int = 8,
-    min_segment_share: float = 0.03,
-    silhouette_sample: int = 5000,
-    n_init: int = 4,
-    random_state: int = 0,
+    features: Sequence[str] = DEFAULT_FEATURES,
+    scaler: str = "standard",
+    pca_components: int | None = None,
+    **kmeans_params: Any,
 ) -> Pipeline:
-    """Return an unfitted pipeline: signed log, standard scaling, then ``AutoKMeans``."""
-    return Pipeline(
+    """Return an unfitted pipeline: inputs, signed log, scaling, optional PCA, ``AutoKMeans``.
+
+    Args:
+        features: Clustering inputs (feature columns or derived names).
+        scaler: ``standard`` (mean/std) or ``robust`` (median/IQR, for heavy outliers).
+        pca_components: Keep this many principal components before clustering; None for all.
+        **kmeans_params: Passed to :class:`AutoKMeans`.
+    """
+    steps: list[tuple[str, Any]] = [
+        ("inputs", SegmentInputs(features=tuple(features))),
+        ("log", FunctionTransformer(signed_log1p)),
+        ("scale", RobustScaler() if scaler == "robust" else StandardScaler()),
+    ]
+    if pca_components:
+        steps.append(("pca", PCA(n_components=pca_components, random_state=0)))
+    steps.append(("kmeans", AutoKMeans(**kmeans_params)))
+    return Pipeline(steps)
+
+
+def embed(pipeline: Pipeline, frame: pd.DataFrame) -> NDArray[np.float64]:
+    """Return ``frame`` in the fitted pipeline's clustering space (everything before k-means)."""
+    return np.asarray(pipeline[:-1].transform(frame), dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class SegmentMatch:
+    """How a retrained model's segments map onto the champion's."""
+
+    ids: list[int]  # id given to each new centroid, in centroid order
+    kept: dict[int, float]  # champion id kept -> centroid distance
+    new: list[int]  # ids of segments with no champion counterpart
+    vanished: list[int]  # champion ids with no counterpart now
+
+
+def match_segments(
+    new: Pipeline, champion: Pipeline, frame: pd.DataFrame, max_distance: float
+) -> SegmentMatch:
+    """Match a retrained model's segments to the champion's by Hungarian assignment.
+
+    Both sets of centroids are compared in the champion's space: each new segment's centroid is
+    the mean, in the champion's embedding, of the rows the new model puts in it. A pair farther
+    apart than ``max_distance`` (champion-space units, i.e. standard deviations by default) is not
+    the same group: the new segment gets a fresh id and the champion's counts as vanished.
+
+    Args:
+        new: The freshly fitted pipeline (its ids are still 0..k-1).
+        champion: The current champion pipeline.
+        frame: Feature table both models can embed (the training snapshot).
+        max_distance: Largest centroid distance at which a segment keeps its identity.
+    """
+    km_new: AutoKMeans = new[-1]
+    km_old: AutoKMeans = champion[-1]
+    positions = km_new.kmeans_.predict(embed(new, frame))
+    space = embed(champion, frame)
+    centers_new = np.vstack(
         [
-            ("log", FunctionTransformer(signed_log1p)),
-            ("scale", StandardScaler()),
-            (
-                "kmeans",
-                AutoKMeans(
-                    k_min=k_min,
-                    k_max=k_max,
-                    min_segment_share=min_segment_share,
-                    silhouette_sample=silhouette_sample,
-                    n_init=n_init,
-                    random_state=random_state,
-                ),
-            ),
+            space[positions == i].mean(axis=0)
+            if np.any(positions == i)
+            else np.full(space.shape[1], np.inf)
+            for i in range(km_new.k_)
         ]
+    )
+    centers_old = km_old.cluster_centers_
+    distance = np.linalg.norm(centers_new[:, None, :] - centers_old[None, :, :], axis=2)
+    rows, cols = linear_sum_assignment(np.where(np.isfinite(distance), distance, 1e12))
+    ids: list[int | None] = [None] * km_new.k_
+    kept: dict[int, float] = {}
+    for r, c in zip(rows, cols, strict=True):
+        if distance[r, c] <= max_distance:
+            old_id = int(km_old.segment_ids_[c])
+            ids[r] = old_id
+            kept[old_id] = float(distance[r, c])
+    next_id = int(max(km_old.segment_ids_.max(), -1)) + 1
+    fresh = []
+    for i, value in enumerate(ids):
+        if value is None:
+            ids[i] = next_id
+            fresh.append(next_id)
+            next_id += 1
+    vanished = sorted(int(s) for s in km_old.segment_ids_ if int(s) not in kept)
+    return SegmentMatch(
+        ids=[int(i) for i in ids if i is not None], kept=kept, new=fresh, vanished=vanished
     )
 
 
+@dataclass(frozen=True)
+class NamingRule:
+    """A segment name and the centroid ranks a segment needs to earn it.
+
+    Ranks are a segment's position among all segments on one input, scaled to 0 (lowest) .. 1
+    (highest). Among eligible segments the most extreme one wins (highest sum of ``min_rank``
+    inputs minus ``max_rank`` inputs). Each rule names at most one segment.
+    """
+
+    name: str
+    min_rank: Mapping[str, float]
+    max_rank: Mapping[str, float]
+
+
+def centroid_ranks(profiles: pd.DataFrame, inputs: Sequence[str]) -> pd.DataFrame:
+    """Return each segment's rank on each input, scaled to 0..1, indexed by segment id."""
+    ranks = profiles.set_index("segment_id")[list(inputs)].rank(method="average")
+    span = max(len(profiles) - 1, 1)
+    return (ranks - 1) / span
+
+
+def name_segments(
+    profiles: pd.DataFrame,
+    inputs: Sequence[str],
+    rules: Sequence[NamingRule],
+    keep: Mapping[int, str] | None = None,
+) -> dict[int, str]:
+    """Return a unique readable name per segment id.
+
+    Args:
+        profiles: One row per segment with ``segment_id`` and a mean per input.
+        inputs: The clustering inputs the ranks are taken over.
+        rules: Naming rules, in priority order.
+        keep: Names to keep for given ids (matched champion segments keep their names).
+    """
+    ranks = centroid_ranks(profiles, inputs)
+    names = {int(k): v for k, v in (keep or {}).items() if int(k) in ranks.index}
+    taken = set(names.values())
+    for rule in rules:
+        if rule.name in taken:
+            continue
+        best, best_score = None, -np.inf
+        for sid, row in ranks.iterrows():
+            if int(str(sid)) in names:
+                continue
+            ok = all(row.get(f, -1) >= v for f, v in rule.min_rank.items()) and all(
+                row.get(f, 2) <= v for f, v in rule.max_rank.items()
+            )
+            score = sum(row[f] for f in rule.min_rank) - sum(row[f] for f in rule.max_rank)
+            if ok and score > best_score:
+                best, best_score = int(str(sid)), score
+        if best is not None:
+            names[best] = rule.name
+            taken.add(rule.name)
+    for sid in ranks.index:
+        names.setdefault(int(sid), f"Segment {int(sid)}")
+    return dict(sorted(names.items()))
+
+
 def segment_profiles(
-    features: pd.DataFrame, segments: NDArray[np.int64], columns: Sequence[str]
+    frame: pd.DataFrame,
+    segments: NDArray[np.int64],
+    columns: Sequence[str],
+    value_column: str = "monetary_total",
 ) -> pd.DataFrame:
-    """Return per segment: size, share of customers, and mean of each column in plain units."""
-    frame = features[list(columns)].assign(segment_id=segments)
-    profile = frame.groupby("segment_id").mean()
-    profile.insert(0, "size", frame.groupby("segment_id").size())
-    profile.insert(1, "share", profile["size"] / len(frame))
+    """Return per segment: size, share, revenue share and the mean of each column in plain units.
+
+    Derived inputs (``purchase_rate``) are computed when not already columns of ``frame``.
+    """
+    data = pd.DataFrame(index=frame.index)
+    for col in columns:
+        data[col] = DERIVED[col](frame) if col in DERIVED and col not in frame else frame[col]
+    data["segment_id"] = segments
+    data["_value"] = frame[value_column].clip(lower=0) if value_column in frame else 0.0
+    grouped = data.groupby("segment_id")
+    profile = grouped[list(columns)].mean()
+    profile.insert(0, "size", grouped.size())
+    profile.insert(1, "share", profile["size"] / len(data))
+    total_value = data["_value"].sum()
+    revenue = grouped["_value"].sum()
+    profile.insert(2, "revenue_share", revenue / total_value if total_value else 0.0)
     return profile.reset_index()
 
 
-def name_segments(profiles: pd.DataFrame) -> dict[int, str]:
-    """Return a readable name per segment id from its rank on recency and value.
+def migration_table(
+    before: pd.DataFrame, after: pd.DataFrame, names: Mapping[int, str]
+) -> pd.DataFrame:
+    """Return who moved where between two snapshots: one row per (from, to) segment pair.
 
-    Foundation rules (transparent and deliberately simple): the most valuable recent segment is
-    "Champions", long-inactive segments are "Hibernating", short-tenure ones "New", and the rest
-    "Loyal"/"Occasional" by frequency. Names are made unique with a numeric suffix.
+    Args:
+        before: ``customer_id`` and ``segment_id`` at the earlier snapshot.
+        after: ``customer_id`` and ``segment_id`` at the later snapshot.
+        names: Segment names by id.
+
+    Customers only in ``after`` come "from" segment -1 (new); only in ``before`` go "to" -1 (gone).
     """
-    value = profiles["monetary_mean"] * profiles["frequency"]
-    recency_median = profiles["recency_days"].median()
-    frequency_median = profiles["frequency"].median()
-    names: dict[int, str] = {}
-    for row, row_value in zip(profiles.to_dict("records"), value, strict=True):
-        if row["recency_days"] >= 180:
-            name = "Hibernating"
-        elif row["tenure_days"] < 120:
-            name = "New"
-        elif row["recency_days"] <= recency_median and row_value == value.max():
-            name = "Champions"
-        elif row["frequency"] >= frequency_median:
-            name = "Loyal"
-        else:
-            name = "Occasional"
-        names[int(row["segment_id"])] = name
-    seen: dict[str, int] = {}
-    for sid in sorted(names):
-        base = names[sid]
-        seen[base] = seen.get(base, 0) + 1
-        if seen[base] > 1:
-            names[sid] = f"{base} {seen[base]}"
-    return names
+    merged = before[["customer_id", "segment_id"]].merge(
+        after[["customer_id", "segment_id"]],
+        on="customer_id",
+        how="outer",
+        suffixes=("_from", "_to"),
+    )
+    merged = merged.fillna({"segment_id_from": -1, "segment_id_to": -1})
+    table = (
+        merged.groupby(["segment_id_from", "segment_id_to"])
+        .size()
+        .rename("customers")
+        .reset_index()
+        .astype({"segment_id_from": "int64", "segment_id_to": "int64"})
+    )
+    label = {**{int(k): v for k, v in names.items()}, -1: "(none)"}
+    table["segment_from"] = table.segment_id_from.map(label)
+    table["segment_to"] = table.segment_id_to.map(label)
+    table["share_of_from"] = table.customers / table.groupby("segment_id_from").customers.transform(
+        "sum"
+    )
+    return table

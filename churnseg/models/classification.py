@@ -1,0 +1,157 @@
+"""Rule-based customer classes: value tiers A/B/C, lifecycle stages, business overrides.
+
+Plain, documented rules on the per-customer feature table; thresholds come from config and are
+logged with the run, so a person can reproduce any customer's class by hand.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+TIERS = ("A", "B", "C")
+LIFECYCLE_STAGES = ("new", "growing", "stable", "declining", "churned")
+
+
+@dataclass(frozen=True)
+class TierThresholds:
+    """Smallest value that still earns tier A and tier B (customers below both are C)."""
+
+    a_min: float
+    b_min: float
+
+
+def tier_thresholds(values: pd.Series, cuts: tuple[float, float]) -> TierThresholds:
+    """Return value thresholds so tiers cover the given cumulative shares of total value.
+
+    Customers are ranked by value, highest first; tier A holds the customers whose cumulative
+    share of total value is within ``cuts[0]`` (e.g. the top customers making 80% of value),
+    tier B the next ones up to ``cuts[1]``. A customer straddling a cut goes to the higher tier.
+    Zero and negative values are always C. Computed once over the whole population, so scoring
+    in batches assigns the same tiers.
+    """
+    positive = np.sort(values[values > 0].to_numpy(dtype="float64"))[::-1]
+    if len(positive) == 0:
+        return TierThresholds(np.inf, np.inf)
+    before = (np.cumsum(positive) - positive) / positive.sum()  # share above each customer
+    a_last = int(np.searchsorted(before, cuts[0], side="left")) - 1
+    b_last = int(np.searchsorted(before, cuts[1], side="left")) - 1
+    a_min = positive[max(a_last, 0)]
+    b_min = positive[max(b_last, 0)]
+    return TierThresholds(float(a_min), float(min(b_min, a_min)))
+
+
+def assign_tiers(values: pd.Series, thresholds: TierThresholds) -> pd.Series:
+    """Return tier A/B/C for each value given precomputed thresholds."""
+    v = values.to_numpy(dtype="float64")
+    positive = v > 0
+    tiers = np.select(
+        [positive & (v >= thresholds.a_min), positive & (v >= thresholds.b_min)], ["A", "B"], "C"
+    )
+    return pd.Series(tiers, index=values.index, name="value_tier")
+
+
+@dataclass(frozen=True)
+class LifecycleRules:
+    """Thresholds of the lifecycle stages, checked in this order: churned, new, trend."""
+
+    new_within_days: int = 90
+    churned_after_days: int = 180
+    trend_window_days: int = 90
+    growing_ratio: float = 1.25
+    declining_ratio: float = 0.75
+
+
+def lifecycle_stages(frame: pd.DataFrame, rules: LifecycleRules) -> pd.Series:
+    """Return each customer's lifecycle stage.
+
+    - ``churned``: no purchase for more than ``churned_after_days`` (or never purchased and known
+      for longer than that);
+    - ``new``: known for less than ``new_within_days``;
+    - ``growing`` / ``declining``: orders in the last ``trend_window_days`` against the window
+      before it, at or above ``growing_ratio`` / at or below ``declining_ratio`` (a customer with
+      no orders in either window is ``declining``);
+    - ``stable``: everyone else.
+
+    Needs ``recency_days``, ``tenure_days`` and ``orders_{w}d`` for ``w`` = the trend window and
+    twice it.
+    """
+    w = rules.trend_window_days
+    recent_col, both_col = f"orders_{w}d", f"orders_{2 * w}d"
+    missing = [c for c in ("recency_days", "tenure_days", recent_col, both_col) if c not in frame]
+    if missing:
+        raise KeyError(
+            f"lifecycle rules need feature columns {missing}; configure feature windows "
+            f"{w} and {2 * w} days or change classification.trend_window_days"
+        )
+    recent = frame[recent_col].to_numpy(dtype="float64")
+    previous = frame[both_col].to_numpy(dtype="float64") - recent
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(previous > 0, recent / previous, np.where(recent > 0, np.inf, 0.0))
+    stage = np.select(
+        [
+            frame["recency_days"].to_numpy() > rules.churned_after_days,
+            frame["tenure_days"].to_numpy() < rules.new_within_days,
+            ratio >= rules.growing_ratio,
+            ratio <= rules.declining_ratio,
+        ],
+        ["churned", "new", "growing", "declining"],
+        default="stable",
+    )
+    return pd.Series(stage, index=frame.index, name="lifecycle_stage")
+
+
+_OPS: Mapping[str, Callable[[Any, Any], Any]] = {
+    "eq": operator.eq,
+    "ne": operator.ne,
+    "gt": operator.gt,
+    "ge": operator.ge,
+    "lt": operator.lt,
+    "le": operator.le,
+}
+
+
+@dataclass(frozen=True)
+class Override:
+    """Where ``column`` ``op`` ``value`` holds, set the given output fields."""
+
+    column: str
+    op: str
+    value: Any
+    set: Mapping[str, str]
+
+
+def apply_overrides(
+    classes: pd.DataFrame, attributes: pd.DataFrame, overrides: Sequence[Override]
+) -> tuple[pd.DataFrame, dict[int, int]]:
+    """Return ``classes`` with business overrides applied, and how many rows each rule changed.
+
+    Later rules win over earlier ones. A rule whose column is absent changes nothing (the count
+    says 0), so one config serves data with and without that attribute.
+
+    Args:
+        classes: Output columns to override (``value_tier``, ``lifecycle_stage``, ...).
+        attributes: Same index, with the columns rules test.
+        overrides: The rules, in order.
+    """
+    out = classes.copy()
+    changed: dict[int, int] = {}
+    for i, rule in enumerate(overrides):
+        if rule.column not in attributes:
+            changed[i] = 0
+            continue
+        column = attributes[rule.column]
+        if rule.op == "in":
+            mask = column.isin(list(rule.value))
+        else:
+            mask = _OPS[rule.op](column, rule.value).fillna(False).astype(bool)
+        changed[i] = 0
+        for field, value in rule.set.items():
+            changed[i] += int((out.loc[mask, field] != value).sum())
+            out.loc[mask, field] = value
+    return out, changed
