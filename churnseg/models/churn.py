@@ -1,79 +1,262 @@
-"""Churn classifier: one scikit-learn pipeline that scores a raw feature table."""
+"""Churn classifiers: candidate pipelines, time-aware search, calibration, baselines, backtest.
+
+Time is the only honest split for churn: every selection and calibration step here fits on
+earlier cutoffs and judges on a later one. With training cutoffs t1 < ... < tn and a validation
+cutoff v (the caller keeps v apart):
+
+* search: each candidate fits on t1..t(n-1) and is scored on tn;
+* calibration: the chosen candidate fits on t1..t(n-1), its calibrator on tn (held-out time);
+* backtest (rolling origin): for each cutoff c after the first, fit on the cutoffs before c and
+  score on c.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
+from numpy.typing import NDArray
+from sklearn.calibration import CalibratedClassifierCV
+from sklearn.compose import ColumnTransformer
+from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.frozen import FrozenEstimator
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import average_precision_score, roc_auc_score
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import FunctionTransformer, StandardScaler
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, OrdinalEncoder, StandardScaler
 
-from churnseg.models.transforms import SKOPS_TRUSTED_TYPES, signed_log1p
+from churnseg.models.evaluation import ranking_metrics
+from churnseg.models.transforms import SKOPS_TRUSTED_TYPES, as_float, signed_log1p
 
-NON_FEATURES = ("customer_id", "snapshot_date", "churned")
-SKOPS_TYPES = list(SKOPS_TRUSTED_TYPES)
+LABEL = "churned"
+SNAPSHOT = "snapshot_date"
+ID = "customer_id"
+NON_FEATURES = (ID, SNAPSHOT, LABEL)
+SKOPS_TYPES = [
+    *SKOPS_TRUSTED_TYPES,
+    "sklearn.calibration._CalibratedClassifier",
+    "sklearn.calibration._SigmoidCalibration",
+    "sklearn.frozen._frozen.FrozenEstimator",
+    "sklearn._loss.link.LogitLink",
+    "sklearn._loss.link.Interval",
+    "sklearn._loss.loss.HalfBinomialLoss",
+    "sklearn.ensemble._hist_gradient_boosting.binning._BinMapper",
+    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+]
 
-
-def feature_columns(frame: pd.DataFrame) -> list[str]:
-    """Return the numeric model inputs of a feature table (ids, dates and labels excluded)."""
-    return [
-        c
-        for c in frame.columns
-        if c not in NON_FEATURES and pd.api.types.is_numeric_dtype(frame[c])
-    ]
-
-
-def churn_pipeline(c: float = 1.0, max_iter: int = 1000) -> Pipeline:
-    """Return an unfitted logistic-regression pipeline over signed-log, scaled features."""
-    return Pipeline(
-        [
-            ("impute", SimpleImputer(strategy="median")),
-            ("log", FunctionTransformer(signed_log1p)),
-            ("scale", StandardScaler()),
-            ("model", LogisticRegression(C=c, max_iter=max_iter)),
-        ]
-    )
+# Small grids on purpose: the search runs every retrain, on stacked snapshots.
+PARAM_GRIDS: dict[str, list[dict[str, Any]]] = {
+    "logreg": [{"C": 0.1}, {"C": 1.0}, {"C": 10.0}],
+    "hgb": [
+        {"learning_rate": 0.05, "max_leaf_nodes": 15, "min_samples_leaf": 100},
+        {"learning_rate": 0.1, "max_leaf_nodes": 31, "min_samples_leaf": 50},
+    ],
+}
+RFM_BASELINE_FEATURES = ("recency_days", "frequency", "monetary_total", "tenure_days")
 
 
 @dataclass(frozen=True)
-class ChurnMetrics:
-    """Validation metrics of a churn model on one labelled snapshot."""
+class FeatureSpec:
+    """Model inputs of a feature table split by kind."""
 
-    roc_auc: float
-    pr_auc: float
-    churn_rate: float
-    rows: int
+    numeric: list[str]
+    categorical: list[str]
 
-    def as_dict(self, prefix: str = "val_") -> dict[str, float]:
-        """Return the metrics keyed for MLflow."""
-        return {
-            f"{prefix}roc_auc": self.roc_auc,
-            f"{prefix}pr_auc": self.pr_auc,
-            f"{prefix}churn_rate": self.churn_rate,
-            f"{prefix}rows": float(self.rows),
-        }
+    @property
+    def columns(self) -> list[str]:
+        """Return all inputs, numeric first."""
+        return [*self.numeric, *self.categorical]
 
 
-def evaluate_churn(model: Pipeline, frame: pd.DataFrame, columns: Sequence[str]) -> ChurnMetrics:
-    """Return ROC AUC, PR AUC and the base rate of ``model`` on a labelled snapshot.
+def feature_spec(frame: pd.DataFrame) -> FeatureSpec:
+    """Return the model inputs of a feature table: numeric and categorical columns.
+
+    Ids, snapshot dates and the label are never inputs; booleans count as numeric; strings and
+    categoricals as categorical; datetimes are skipped (the features carry their ages instead).
+    """
+    numeric, categorical = [], []
+    for col in frame.columns:
+        if col in NON_FEATURES:
+            continue
+        dtype = frame[col].dtype
+        if pd.api.types.is_bool_dtype(dtype) or pd.api.types.is_numeric_dtype(dtype):
+            numeric.append(col)
+        elif pd.api.types.is_string_dtype(dtype) or isinstance(dtype, pd.CategoricalDtype):
+            categorical.append(col)
+    return FeatureSpec(numeric, categorical)
+
+
+def candidate_pipeline(
+    name: str, spec: FeatureSpec, params: dict[str, Any], random_state: int = 0
+) -> Pipeline:
+    """Return an unfitted candidate that scores a raw feature table.
+
+    ``logreg``: median imputation, signed log, standard scaling, one-hot categoricals,
+    L2-regularised logistic regression. ``hgb``: ordinal-encoded categoricals (unknown and
+    missing become -1), HistGradientBoostingClassifier with native categorical splits.
+    """
+    if name == "logreg":
+        numeric = make_pipeline(
+            FunctionTransformer(as_float),
+            SimpleImputer(strategy="median"),
+            FunctionTransformer(signed_log1p),
+            StandardScaler(),
+        )
+        categorical = make_pipeline(
+            SimpleImputer(strategy="constant", fill_value="(missing)"),
+            OneHotEncoder(handle_unknown="ignore", min_frequency=20, sparse_output=False),
+        )
+        prep = ColumnTransformer(
+            [("num", numeric, spec.numeric), ("cat", categorical, spec.categorical)],
+            verbose_feature_names_out=False,
+        )
+        model: Any = LogisticRegression(max_iter=2000, **params)
+    elif name == "hgb":
+        encoder = OrdinalEncoder(
+            handle_unknown="use_encoded_value",
+            unknown_value=-1,
+            encoded_missing_value=-1,
+            dtype=np.float64,
+        )
+        prep = ColumnTransformer(
+            [
+                ("num", FunctionTransformer(as_float), spec.numeric),
+                ("cat", encoder, spec.categorical),
+            ],
+            verbose_feature_names_out=False,
+        )
+        n_num = len(spec.numeric)
+        mask = [False] * n_num + [True] * len(spec.categorical)
+        model = HistGradientBoostingClassifier(
+            max_iter=300,
+            early_stopping=False,
+            categorical_features=mask if spec.categorical else None,
+            random_state=random_state,
+            **params,
+        )
+    else:
+        raise ValueError(f"unknown churn candidate {name!r}; known: {sorted(PARAM_GRIDS)}")
+    return Pipeline([("prep", prep), ("model", model)])
+
+
+def _sample(frame: pd.DataFrame, rows: int, random_state: int) -> pd.DataFrame:
+    return frame.sample(n=rows, random_state=random_state) if len(frame) > rows else frame
+
+
+def split_last_cutoff(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Return (rows before the last snapshot, rows of the last snapshot).
 
     Raises:
-        ValueError: The snapshot has only one class, so ranking metrics are undefined.
+        ValueError: Fewer than two snapshots (no held-out time to judge on).
     """
-    y = frame["churned"].to_numpy()
-    if len(np.unique(y)) < 2:
+    cutoffs = sorted(frame[SNAPSHOT].unique())
+    if len(cutoffs) < 2:
         raise ValueError(
-            f"validation snapshot has {len(y)} rows of a single class; cannot compute ROC AUC"
+            f"time-aware training needs at least 2 training cutoffs, got {len(cutoffs)}; "
+            "raise snapshots.train_cutoffs"
         )
-    proba = model.predict_proba(frame[list(columns)])[:, 1]
-    return ChurnMetrics(
-        roc_auc=float(roc_auc_score(y, proba)),
-        pr_auc=float(average_precision_score(y, proba)),
-        churn_rate=float(y.mean()),
-        rows=len(y),
-    )
+    last = frame[SNAPSHOT] == cutoffs[-1]
+    return frame[~last], frame[last]
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """The chosen candidate and every trial's out-of-time score."""
+
+    name: str
+    params: dict[str, Any]
+    trials: list[dict[str, Any]]
+
+
+def time_aware_search(
+    train: pd.DataFrame,
+    spec: FeatureSpec,
+    candidates: Sequence[str],
+    sample_rows: int,
+    random_state: int = 0,
+) -> SearchResult:
+    """Return the candidate and parameters with the best ROC AUC on the last training cutoff."""
+    early, last = split_last_cutoff(train)
+    fit_rows = _sample(early, sample_rows, random_state)
+    trials: list[dict[str, Any]] = []
+    for name in candidates:
+        for params in PARAM_GRIDS[name]:
+            model = candidate_pipeline(name, spec, params, random_state)
+            model.fit(fit_rows[spec.columns], fit_rows[LABEL])
+            proba = model.predict_proba(last[spec.columns])[:, 1]
+            score = ranking_metrics(last[LABEL], proba, 0.1)["roc_auc"]
+            trials.append({"candidate": name, "params": params, "roc_auc": score})
+    best = max(trials, key=lambda t: (t["roc_auc"], -len(str(t["params"]))))
+    return SearchResult(str(best["candidate"]), dict(best["params"]), trials)
+
+
+def fit_calibrated(
+    train: pd.DataFrame,
+    spec: FeatureSpec,
+    name: str,
+    params: dict[str, Any],
+    method: str,
+    random_state: int = 0,
+) -> CalibratedClassifierCV:
+    """Fit the candidate on all but the last training cutoff; calibrate on the last one."""
+    early, last = split_last_cutoff(train)
+    base = candidate_pipeline(name, spec, params, random_state)
+    base.fit(early[spec.columns], early[LABEL])
+    calibrated = CalibratedClassifierCV(FrozenEstimator(base), method=method)
+    calibrated.fit(last[spec.columns], last[LABEL])
+    return calibrated
+
+
+def ranking_model(model: Any) -> Any:
+    """Return the uncalibrated pipeline inside a calibrated model (or the model itself)."""
+    if isinstance(model, CalibratedClassifierCV):
+        inner = model.calibrated_classifiers_[0].estimator
+        return inner.estimator if isinstance(inner, FrozenEstimator) else inner
+    return model
+
+
+def fit_rfm_baseline(train: pd.DataFrame) -> Pipeline:
+    """Return logistic regression on RFM and tenure only, fitted on the training snapshots."""
+    spec = FeatureSpec([c for c in RFM_BASELINE_FEATURES if c in train], [])
+    model = candidate_pipeline("logreg", spec, {"C": 1.0})
+    return model.fit(train[spec.columns], train[LABEL])
+
+
+def backtest(
+    frame: pd.DataFrame,
+    spec: FeatureSpec,
+    name: str,
+    params: dict[str, Any],
+    capacity: float,
+    sample_rows: int,
+    random_state: int = 0,
+) -> pd.DataFrame:
+    """Return ranking metrics per rolling-origin fold (fit on cutoffs before c, score on c)."""
+    cutoffs = sorted(frame[SNAPSHOT].unique())
+    folds = []
+    for cutoff in cutoffs[1:]:
+        past = _sample(frame[frame[SNAPSHOT] < cutoff], sample_rows, random_state)
+        test = frame[frame[SNAPSHOT] == cutoff]
+        model = candidate_pipeline(name, spec, params, random_state)
+        model.fit(past[spec.columns], past[LABEL])
+        proba = model.predict_proba(test[spec.columns])[:, 1]
+        folds.append(
+            {
+                "cutoff": str(pd.Timestamp(cutoff).date()),
+                "train_rows": len(past),
+                "test_rows": len(test),
+                "churn_rate": float(test[LABEL].mean()),
+                **ranking_metrics(test[LABEL], proba, capacity),
+            }
+        )
+    return pd.DataFrame(folds)
+
+
+def churn_probability(model: Any, frame: pd.DataFrame) -> NDArray[np.float64]:
+    """Return P(churn) for each row of a raw feature table."""
+    columns = list(getattr(model, "feature_names_in_", []))
+    data = frame[columns] if columns else frame
+    return np.asarray(model.predict_proba(data)[:, 1], dtype=np.float64)

@@ -30,3 +30,25 @@ def k_selection_figure(scores: Sequence[dict[str, Any]], chosen: int) -> Figure:
         ax.set_xlabel("k")
     fig.suptitle(f"k selection: chose k={chosen}", fontsize=10)
     return fig
+
+
+def reliability_figure(table: Any) -> Figure:
+    """Return a reliability diagram: observed churn rate against mean predicted probability."""
+    fig, ax = plt.subplots(figsize=(4.5, 4.2), constrained_layout=True)
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfect")
+    ax.plot(table["predicted"], table["observed"], marker="o", label="model")
+    ax.set_xlabel("mean predicted churn probability")
+    ax.set_ylabel("observed churn rate")
+    ax.set_title("calibration on the validation cutoff", fontsize=10)
+    ax.legend(loc="upper left", fontsize=8)
+    return fig
+
+
+def importance_figure(importances: Any, top: int = 15) -> Figure:
+    """Return a bar chart of permutation importance (drop in ROC AUC), most important on top."""
+    head = importances.head(top).iloc[::-1]
+    fig, ax = plt.subplots(figsize=(6, 0.3 * len(head) + 1.2), constrained_layout=True)
+    ax.barh(head["feature"], head["importance"])
+    ax.set_xlabel("drop in ROC AUC when shuffled")
+    ax.set_title("permutation importance (validation cutoff)", fontsize=10)
+    return fig

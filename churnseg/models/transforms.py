@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 from numpy.typing import ArrayLike, NDArray
 
 # Fully qualified names MLflow's skops loader must trust to load our pipelines.
 # numpy.dtype: SimpleImputer keeps the dtype it was fitted on.
-SKOPS_TRUSTED_TYPES = ["churnseg.models.transforms.signed_log1p", "numpy.dtype"]
+SKOPS_TRUSTED_TYPES = [
+    "churnseg.models.transforms.signed_log1p",
+    "churnseg.models.transforms.as_float",
+    "numpy.dtype",
+]
 
 
 def signed_log1p(x: ArrayLike) -> NDArray[np.float64]:
     """Return ``sign(x) * log(1 + |x|)``: compresses long tails, keeps sign and zero."""
     values = np.asarray(x, dtype=np.float64)
     return np.sign(values) * np.log1p(np.abs(values))
+
+
+def as_float(frame: pd.DataFrame) -> pd.DataFrame:
+    """Return ``frame`` as float64 (booleans and nullable integers included)."""
+    return frame.astype("float64")

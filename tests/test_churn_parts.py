@@ -1,0 +1,105 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.linear_model import LogisticRegression
+
+from churnseg.models import evaluation as ev
+from churnseg.models import reasons
+from churnseg.models import registry as reg
+
+
+def test_ranking_metrics_by_hand() -> None:
+    y = np.array([1, 0, 1, 0, 0, 0, 0, 0, 0, 1])
+    s = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.05])
+    assert ev.lift_at(y, s, 0.1) == pytest.approx(1 / 0.3), "top row churns; base rate 30%"
+    assert ev.recall_at(y, s, 0.3) == pytest.approx(2 / 3), "top 3 rows hold 2 of 3 churners"
+    # churners outrank 7, 6 and 0 of the 7 non-churners
+    assert ev.ranking_metrics(y, s, 0.3)["roc_auc"] == pytest.approx(13 / 21)
+
+
+def test_expected_calibration_error_by_hand() -> None:
+    y = [0, 0, 1, 1]
+    p = [0.1, 0.1, 0.9, 0.7]
+    # bins: 0.1 -> 2 rows, observed 0 (gap 0.1); 0.9 -> 1 row (0.1); 0.7 -> 1 row (0.3)
+    assert ev.expected_calibration_error(y, p) == pytest.approx(0.5 * 0.1 + 0.25 * 0.1 + 0.25 * 0.3)
+
+
+def test_single_class_gives_nan_not_an_error() -> None:
+    assert np.isnan(ev.ranking_metrics([0, 0], [0.1, 0.2], 0.5)["roc_auc"])
+
+
+@pytest.mark.parametrize(
+    ("challenger", "champion", "baseline", "promote", "words"),
+    [
+        (0.80, None, ("recency", 0.70), True, "first model"),
+        (0.69, None, ("recency", 0.70), False, "baseline recency"),
+        (0.80, 0.79, ("recency", 0.70), True, "beats champion"),
+        (0.80, 0.798, ("recency", 0.70), False, "does not beat champion"),
+    ],
+)
+def test_promotion_decision(
+    challenger: float,
+    champion: float | None,
+    baseline: tuple[str, float],
+    promote: bool,
+    words: str,
+) -> None:
+    decision = reg.decide_promotion("roc_auc", challenger, champion, baseline, margin=0.005)
+    assert decision.promote is promote
+    assert words in decision.reason
+
+
+def test_attributions_of_logistic_regression_are_coefficient_times_difference() -> None:
+    rng = np.random.default_rng(0)
+    X = pd.DataFrame({"a": rng.normal(size=200), "b": rng.normal(size=200)})
+    y = (X.a - 2 * X.b + rng.normal(size=200) > 0).astype(int)
+    model = LogisticRegression().fit(X, y)
+    ref = reasons.reference_values(X, ["a", "b"])
+    att = reasons.attributions(model, X.head(5), ["a", "b"], ref)
+    for j, col in enumerate(["a", "b"]):
+        expected = model.coef_[0][j] * (X[col].head(5) - ref[col])
+        np.testing.assert_allclose(att[col], expected, rtol=1e-6, atol=1e-9)
+
+
+def test_top_reasons_in_plain_words() -> None:
+    frame = pd.DataFrame(
+        {"recency_days": [94.0, 3.0], "gap_mean_days": [31.0, 30.0], "orders_90d": [0, 5]}
+    )
+    contributions = pd.DataFrame({"recency_days": [1.2, -0.5], "orders_90d": [0.4, -0.2]})
+    ref = {"recency_days": 20.0, "orders_90d": 3.0}
+    texts = reasons.top_reasons(contributions, frame, ref, k=3).tolist()
+    assert texts[0] == (
+        "no purchase for 94 days, 3.0x their usual gap; 0 orders in the last 90 days (typical 3)"
+    )
+    assert texts[1] == "", "nothing raises this customer's risk above typical"
+
+
+@pytest.fixture
+def tracking(tmp_path: Path) -> str:
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    mlflow.set_experiment("registry-test")
+    return uri
+
+
+def test_promote_rollback_and_history(tracking: str) -> None:
+    X = pd.DataFrame({"a": [0.0, 1.0, 2.0, 3.0]})
+    model = LogisticRegression().fit(X, [0, 0, 1, 1])
+    with mlflow.start_run():
+        v1 = reg.log_and_register(model, "m", X, [])
+        v2 = reg.log_and_register(model, "m", X, [])
+    reg.promote("m", v1, "first")
+    reg.promote("m", v2, "better")
+    assert reg.champion_version("m") == v2
+    assert reg.rollback("m") == (v2, v1)
+    assert reg.champion_version("m") == v1
+    events = [(e["version"], e["event"]) for e in reg.promotion_history("m")]
+    assert events == [(v1, "promoted"), (v2, "promoted"), (v1, "rollback")]
+    reg.record_rejection("m", v2, "worse", {"val_roc_auc": 0.5})
+    assert reg.promotion_history("m")[-1]["event"] == "rejected"
