@@ -1,79 +1,388 @@
-"""Publishing scored customers to the output database, one snapshot per transaction."""
+"""Publishing to the output database: customer scores, segment profiles, quarantine, run log.
+
+Every publish is one transaction: a snapshot (or a run's quarantine) is replaced as a whole,
+readers see the old rows or the new ones, never a mix, and publishing the same file again gives
+the same rows. The URL picks the database: ``sqlite:///path`` (default, stdlib ``sqlite3``) or
+``postgresql://`` / ``postgresql+psycopg://`` (psycopg 3, COPY). Tables are created and migrated
+on first use (``churnseg_schema`` records the versions); ``docs/output_tables.md`` describes every
+column. Credentials never leave this module: messages carry the URL with its password hidden.
+"""
 
 from __future__ import annotations
 
+import logging
 import sqlite3
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields
+from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-SCORE_COLUMNS: dict[str, str] = {
-    "customer_id": "TEXT NOT NULL",
-    "snapshot_date": "TEXT NOT NULL",
-    "segment_id": "INTEGER NOT NULL",
-    "segment_name": "TEXT NOT NULL",
-    "churn_probability": "REAL NOT NULL",
-    "segmentation_model_version": "INTEGER NOT NULL",
-    "churn_model_version": "INTEGER NOT NULL",
-    "run_id": "TEXT NOT NULL",
-    "scored_at": "TEXT NOT NULL",
-}
+from churnseg.pipelines.config import PUBLISH_SCHEMES
+from churnseg.pipelines.sinks.base import Progress, Retention, Sink
+from churnseg.pipelines.sinks.errors import PublishError, scrub
+from churnseg.pipelines.sinks.schema import (
+    CUSTOMER_SCORES,
+    DATA_QUARANTINE,
+    PIPELINE_RUNS,
+    SEGMENT_PROFILES,
+    OutputNames,
+    TableSpec,
+    conform_batch,
+    conform_column,
+    missing_columns,
+    validate_identifier,
+)
+
+if TYPE_CHECKING:
+    from churnseg.pipelines.config import Config
+
+__all__ = [
+    "PublishError",
+    "PublishTarget",
+    "RunRecord",
+    "ensure_schema",
+    "latest_snapshot",
+    "publish_quarantine",
+    "publish_scores",
+    "publish_segment_profiles",
+    "record_run",
+    "run_log",
+    "target_from_config",
+]
+
+log = logging.getLogger(__name__)
+MESSAGE_CHARS = 2000
 
 
-class PublishError(RuntimeError):
-    """The output database cannot take the snapshot; nothing was changed."""
+@dataclass(frozen=True)
+class PublishTarget:
+    """Where and how to publish: database URL, table names and policies.
 
-
-def sqlite_path(url: str) -> Path:
-    """Return the file of a ``sqlite:///path`` URL."""
-    prefix = "sqlite:///"
-    if not url.startswith(prefix):
-        raise PublishError("only sqlite:/// publish URLs are supported by this version")
-    return Path(url[len(prefix) :])
-
-
-def publish_scores(scores_path: Path, url: str, table: str, batch_rows: int = 100_000) -> int:
-    """Replace the snapshot(s) in ``scores_path`` in ``table`` atomically; return rows written.
-
-    The delete of the old rows and the insert of the new ones share one ``BEGIN IMMEDIATE``
-    transaction, so readers see the old snapshot or the new one, never a mix, and concurrent
-    publishers of the same snapshot serialise.
+    Attributes:
+        url: ``sqlite:///path`` or ``postgresql://...``; shown only with the password hidden.
+        names: Names of the output tables.
+        db_schema: PostgreSQL schema (default ``public``); must be None for SQLite.
+        keep_snapshots: Newest snapshots kept in the scores and segment profile tables.
+        keep_quarantine_runs: Newest runs kept in the quarantine table.
+        chunk_rows: Rows read, converted and written per batch.
+        lock_timeout: Seconds to wait for another publisher before failing.
     """
-    if not table.replace("_", "").isalnum():
-        raise PublishError(f"table name {table!r} is not a plain identifier")
-    path = sqlite_path(url)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    parquet = pq.ParquetFile(scores_path)
-    cols = list(SCORE_COLUMNS)
-    snapshots = sorted(set(pq.read_table(scores_path, columns=["snapshot_date"])[0].to_pylist()))
-    con = sqlite3.connect(path, timeout=60, isolation_level=None)
+
+    url: str = field(repr=False)
+    names: OutputNames = field(default_factory=OutputNames)
+    db_schema: str | None = None
+    keep_snapshots: int = 12
+    keep_quarantine_runs: int = 30
+    chunk_rows: int = 100_000
+    lock_timeout: float = 600.0
+
+    def __post_init__(self) -> None:
+        if not self.url.startswith(PUBLISH_SCHEMES):
+            raise PublishError(
+                f"publish URL {self.display!r} is not supported; use one of "
+                f"{', '.join(PUBLISH_SCHEMES)}"
+            )
+        if self.db_schema is not None:
+            validate_identifier(self.db_schema, "schema name")
+            if self.is_sqlite:
+                raise PublishError("a schema name applies to PostgreSQL only, not to SQLite")
+        for name in ("keep_snapshots", "keep_quarantine_runs", "chunk_rows"):
+            if getattr(self, name) < 1:
+                raise PublishError(f"{name} must be at least 1, got {getattr(self, name)}")
+
+    @property
+    def is_sqlite(self) -> bool:
+        """Return True for a SQLite database file."""
+        return self.url.startswith("sqlite:///")
+
+    @property
+    def display(self) -> str:
+        """Return the URL with any password hidden, plus the schema (for messages)."""
+        shown = scrub(self.url, self.url)
+        return f"{shown} (schema {self.db_schema})" if self.db_schema else shown
+
+    def describe(self, table: str) -> str:
+        """Return ``table`` at this target, for messages and summaries."""
+        return f"{self.display} :: {table}"
+
+
+def target_from_config(config: Config) -> PublishTarget:
+    """Return the publish target of a run configuration."""
+    p = config.publish
+    return PublishTarget(
+        url=config.publish_url,
+        names=OutputNames(
+            customer_scores=p.table,
+            segment_profiles=p.segment_profiles_table,
+            data_quarantine=p.quarantine_table,
+            pipeline_runs=p.runs_table,
+        ),
+        db_schema=p.db_schema,
+        keep_snapshots=p.keep_snapshots,
+        keep_quarantine_runs=p.keep_quarantine_runs,
+        chunk_rows=p.chunk_rows,
+        lock_timeout=p.lock_timeout_seconds,
+    )
+
+
+def _driver_errors() -> tuple[type[BaseException], ...]:
+    import psycopg
+
+    return (sqlite3.Error, psycopg.Error, OSError, pa.ArrowException)
+
+
+@contextmanager
+def _reported(target: PublishTarget, action: str) -> Iterator[None]:
+    """Turn database and file errors into a PublishError whose text holds no credentials."""
     try:
-        con.execute(
-            f'CREATE TABLE IF NOT EXISTS "{table}" ('
-            + ", ".join(f"{c} {t}" for c, t in SCORE_COLUMNS.items())
-            + ", PRIMARY KEY (snapshot_date, customer_id))"
-        )
-        con.execute("BEGIN IMMEDIATE")
-        con.executemany(
-            f'DELETE FROM "{table}" WHERE snapshot_date = ?', [(str(s),) for s in snapshots]
-        )
-        written = 0
-        insert = f'INSERT INTO "{table}" ({", ".join(cols)}) VALUES ({", ".join("?" * len(cols))})'
-        for batch in parquet.iter_batches(batch_size=batch_rows, columns=cols):
-            rows = list(zip(*(batch.column(c).to_pylist() for c in cols), strict=True))
-            con.executemany(insert, [tuple(map(_sql_value, r)) for r in rows])
-            written += len(rows)
-        con.execute("COMMIT")
-    except BaseException:
-        if con.in_transaction:
-            con.execute("ROLLBACK")
-        raise
+        yield
+    except PublishError as exc:
+        raise PublishError(scrub(f"{action}: {exc}", target.url)) from None
+    except Exception as exc:
+        if not isinstance(exc, _driver_errors()):
+            raise
+        detail = " ".join(str(exc).split()) or "no detail"
+        raise PublishError(
+            scrub(
+                f"{action} failed at {target.display}: {type(exc).__name__}: {detail}", target.url
+            )
+        ) from None
+
+
+@contextmanager
+def open_sink(target: PublishTarget) -> Iterator[Sink]:
+    """Open a connection to the target database; close it on exit.
+
+    Raises:
+        PublishError: The database cannot be reached or opened.
+    """
+    sink: Sink
+    with _reported(target, "connecting"):
+        if target.is_sqlite:
+            from churnseg.pipelines.sinks.sqlite import SqliteSink
+
+            path = Path(target.url[len("sqlite:///") :])
+            sink = SqliteSink(path, target.names, target.lock_timeout)
+        else:
+            from churnseg.pipelines.sinks.postgres import PostgresSink
+
+            sink = PostgresSink(target.url, target.names, target.db_schema, target.lock_timeout)
+    try:
+        yield sink
     finally:
-        con.close()
+        sink.close()
+
+
+def ensure_schema(target: PublishTarget) -> int:
+    """Create or migrate the output tables; return the schema version now in the database.
+
+    Raises:
+        PublishError: The database cannot be reached, or holds a newer schema than this code.
+    """
+    with open_sink(target) as sink, _reported(target, "migrating the output tables"):
+        return sink.ensure_schema()
+
+
+def _partition_keys(path: Path, spec: TableSpec) -> pa.Array:
+    """Return the distinct partition values (snapshot dates, run ids) in ``path``, sorted."""
+    column = spec.column(spec.partition)
+    values = pq.read_table(path, columns=[spec.partition]).column(0).combine_chunks()
+    values = conform_column(values, column, f"{spec.key} (from {path.name})")
+    return pa.array(sorted(pc.unique(values).to_pylist()), type=values.type)
+
+
+def _batches(
+    parquet: pq.ParquetFile,
+    spec: TableSpec,
+    source: str,
+    chunk_rows: int,
+    constants: Mapping[str, Any],
+) -> Iterator[pa.RecordBatch]:
+    first_row = 0
+    for batch in parquet.iter_batches(batch_size=chunk_rows):
+        for name, value in constants.items():
+            batch = batch.append_column(name, pa.repeat(value, batch.num_rows))
+        yield conform_batch(batch, spec, source, first_row)
+        first_row += batch.num_rows
+
+
+def _replace_from_parquet(
+    path: Path,
+    target: PublishTarget,
+    spec: TableSpec,
+    retention: Retention,
+    progress: Progress | None = None,
+    constants: Mapping[str, Any] | None = None,
+) -> int:
+    """Replace the partitions found in ``path`` in ``spec``'s table; return rows written."""
+    constants = dict(constants or {})
+    table = target.names.table(spec)
+    with _reported(target, f"publishing {path.name} to table {table!r}"):
+        parquet = pq.ParquetFile(path)
+        missing = missing_columns(spec, [*parquet.schema_arrow.names, *constants])
+        if missing:
+            raise PublishError(
+                f"{path.name} ({parquet.metadata.num_rows} rows) lacks required column(s) "
+                f"{missing} of table {spec.key}"
+            )
+        keys = _partition_keys(path, spec)
+        with open_sink(target) as sink:
+            sink.ensure_schema()
+            batches = _batches(parquet, spec, path.name, target.chunk_rows, constants)
+            written = sink.replace(spec, keys, batches, retention, progress)
+    log.info(
+        "published %d rows (%s %s) to %s",
+        written,
+        spec.partition,
+        ", ".join(map(str, keys.to_pylist())),
+        target.describe(table),
+    )
     return written
 
 
-def _sql_value(value: object) -> object:
-    """Return ``value`` in a form sqlite3 stores (dates and timestamps as ISO text)."""
-    isoformat = getattr(value, "isoformat", None)
-    return isoformat() if callable(isoformat) else value
+def publish_scores(
+    scores_path: Path, target: PublishTarget, progress: Progress | None = None
+) -> int:
+    """Replace the snapshot(s) in a scores Parquet file in ``customer_scores``; return rows.
+
+    One transaction: delete the snapshot's rows, insert the file's, drop snapshots beyond the
+    newest ``keep_snapshots``. A second publisher of the same snapshot waits for the first.
+
+    Args:
+        scores_path: Parquet file with the ``customer_scores`` columns (later-issue columns may be
+            absent: they are published as nulls).
+        target: Where to publish.
+        progress: Called with the rows written so far after each batch.
+
+    Raises:
+        PublishError: The file lacks a column or holds bad values, or the database refused the
+            data; the database is unchanged.
+    """
+    retention = Retention(target.keep_snapshots)
+    return _replace_from_parquet(scores_path, target, CUSTOMER_SCORES, retention, progress)
+
+
+def publish_segment_profiles(profiles_path: Path, target: PublishTarget) -> int:
+    """Replace the snapshot(s) in a segment profiles Parquet file; return rows written.
+
+    The file holds the ``segment_profiles`` columns: snapshot_date, segment_id, segment_name,
+    size, share, revenue_share, churn_rate, profile (JSON text), segmentation_model_version,
+    run_id. Retention follows ``keep_snapshots``.
+
+    Raises:
+        PublishError: As ``publish_scores``.
+    """
+    retention = Retention(target.keep_snapshots)
+    return _replace_from_parquet(profiles_path, target, SEGMENT_PROFILES, retention)
+
+
+def publish_quarantine(quarantine_path: Path, target: PublishTarget) -> int:
+    """Replace the quarantined rows of the run(s) in a quarantine Parquet file; return rows.
+
+    The file holds run_id, table_name, source_row, reason and record (JSON text); the publisher
+    adds ``published_at``. Only the newest ``keep_quarantine_runs`` runs are kept.
+
+    Raises:
+        PublishError: As ``publish_scores``.
+    """
+    retention = Retention(target.keep_quarantine_runs, newest_by="published_at")
+    now = datetime.now(UTC).replace(microsecond=0)
+    return _replace_from_parquet(
+        quarantine_path, target, DATA_QUARANTINE, retention, constants={"published_at": now}
+    )
+
+
+def latest_snapshot(scores_path: Path) -> date | None:
+    """Return the newest snapshot date in a scores file (None when it has no rows)."""
+    keys = _partition_keys(scores_path, CUSTOMER_SCORES).to_pylist()
+    return keys[-1] if keys else None
+
+
+@dataclass
+class RunRecord:
+    """One row of the run log (``pipeline_runs``); mutable while the run goes on."""
+
+    run_id: str
+    flow: str
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    snapshot_date: date | None = None
+    finished_at: datetime | None = None
+    status: str = "running"
+    rows_read: int | None = None
+    rows_quarantined: int | None = None
+    rows_published: int | None = None
+    message: str | None = None
+
+
+def record_run(target: PublishTarget, record: RunRecord) -> None:
+    """Insert or update the run log row of ``record.run_id`` (one transaction).
+
+    Raises:
+        PublishError: The database refused the row.
+    """
+    row = asdict(record)
+    if row["message"] is not None:
+        row["message"] = scrub(str(row["message"]), target.url)[:MESSAGE_CHARS]
+    names = [f.name for f in fields(RunRecord)]
+    batch = pa.RecordBatch.from_pylist([{n: row[n] for n in names}])
+    table = target.names.pipeline_runs
+    with _reported(target, f"writing run {record.run_id} to table {table!r}"):
+        conformed = conform_batch(batch, PIPELINE_RUNS, "run log")
+        with open_sink(target) as sink:
+            sink.ensure_schema()
+            sink.upsert(PIPELINE_RUNS, conformed)
+
+
+@contextmanager
+def run_log(
+    target: PublishTarget, run_id: str, flow: str, quarantine_path: Path | None = None
+) -> Iterator[RunRecord]:
+    """Log a flow run: a ``running`` row on entry, ``succeeded`` or ``failed`` on exit.
+
+    On exit the run's quarantined rows are published too when ``quarantine_path`` exists, also
+    (especially) when the run failed on data quality. A failure to write the log while the run is
+    already failing is logged and does not hide the run's own error.
+
+    Yields:
+        The record; set its counts and snapshot as the run learns them.
+    """
+    record = RunRecord(run_id=run_id, flow=flow)
+    record_run(target, record)
+    try:
+        yield record
+    except BaseException as exc:
+        record.status = "failed"
+        record.message = f"{type(exc).__name__}: {exc}"
+        try:
+            _finish_run(target, record, quarantine_path)
+        except PublishError as log_error:
+            log.warning("could not record the failed run %s: %s", run_id, log_error)
+        raise
+    record.status = "succeeded"
+    _finish_run(target, record, quarantine_path)
+
+
+def _finish_run(target: PublishTarget, record: RunRecord, quarantine_path: Path | None) -> None:
+    """Publish the run's quarantine, then close its log row (failed if the quarantine was not)."""
+    record.finished_at = datetime.now(UTC)
+    problem = None
+    if quarantine_path is not None and quarantine_path.exists():
+        try:
+            quarantined = publish_quarantine(quarantine_path, target)
+        except PublishError as exc:
+            problem = exc
+            record.status = "failed"
+            note = f"quarantine not published: {exc}"
+            record.message = f"{record.message}; {note}" if record.message else note
+        else:
+            if record.rows_quarantined is None:  # the run failed before counting
+                record.rows_quarantined = quarantined
+    record_run(target, record)
+    if problem is not None:
+        raise problem
