@@ -73,3 +73,23 @@ def test_overrides_beat_the_model_and_count_changes() -> None:
     assert out.value_tier.tolist() == ["A", "A", "B"]
     assert out.lifecycle_stage.tolist() == ["new", "stable", "new"]
     assert changed == {0: 1, 1: 1, 2: 0}
+
+
+def test_risk_bands_by_capacity() -> None:
+    from churnseg.models.classification import RiskBandRule, assign_risk_bands, risk_thresholds
+
+    scores = pd.Series(np.linspace(0.0, 0.99, 100))
+    thresholds = risk_thresholds(scores, RiskBandRule(high_share=0.1, medium_share=0.2))
+    bands = assign_risk_bands(scores, thresholds)
+    assert (bands == "high").sum() == 10 and (bands == "medium").sum() == 20
+    assert bands[scores.idxmax()] == "high" and bands[scores.idxmin()] == "low"
+
+
+def test_risk_bands_by_cost() -> None:
+    from churnseg.models.classification import RiskBandRule, assign_risk_bands, risk_thresholds
+
+    value_at_risk = pd.Series([100.0, 30.0, 10.0, 1.0])
+    rule = RiskBandRule(mode="cost", contact_cost=5.0, save_rate=0.2)
+    # a contact saves 20% of value at risk: pays off from 25 (high), half of it from 12.5
+    bands = assign_risk_bands(value_at_risk, risk_thresholds(value_at_risk, rule)).tolist()
+    assert bands == ["high", "high", "low", "low"]

@@ -13,7 +13,7 @@ cutoff v (the caller keeps v apart):
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -29,7 +29,12 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, OrdinalEncoder, StandardScaler
 
 from churnseg.models.evaluation import ranking_metrics
-from churnseg.models.transforms import SKOPS_TRUSTED_TYPES, as_float, signed_log1p
+from churnseg.models.transforms import (
+    SKOPS_TRUSTED_TYPES,
+    as_float,
+    season_of_cutoff,
+    signed_log1p,
+)
 
 LABEL = "churned"
 SNAPSHOT = "snapshot_date"
@@ -45,14 +50,17 @@ SKOPS_TYPES = [
     "sklearn._loss.loss.HalfBinomialLoss",
     "sklearn.ensemble._hist_gradient_boosting.binning._BinMapper",
     "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+    # Categorical encoders keep a partial of check_array for their input validation.
+    "functools.partial",
+    "sklearn.utils.validation.check_array",
 ]
 
 # Small grids on purpose: the search runs every retrain, on stacked snapshots.
 PARAM_GRIDS: dict[str, list[dict[str, Any]]] = {
     "logreg": [{"C": 0.1}, {"C": 1.0}, {"C": 10.0}],
     "hgb": [
-        {"learning_rate": 0.05, "max_leaf_nodes": 15, "min_samples_leaf": 100},
-        {"learning_rate": 0.1, "max_leaf_nodes": 31, "min_samples_leaf": 50},
+        {"learning_rate": 0.1, "max_iter": 150, "max_leaf_nodes": 15, "min_samples_leaf": 100},
+        {"learning_rate": 0.1, "max_iter": 150, "max_leaf_nodes": 31, "min_samples_leaf": 50},
     ],
 }
 RFM_BASELINE_FEATURES = ("recency_days", "frequency", "monetary_total", "tenure_days")
@@ -64,20 +72,23 @@ class FeatureSpec:
 
     numeric: list[str]
     categorical: list[str]
+    calendar: list[str] = field(default_factory=list)
 
     @property
     def columns(self) -> list[str]:
-        """Return all inputs, numeric first."""
-        return [*self.numeric, *self.categorical]
+        """Return all inputs: numeric, categorical, then the cutoff date."""
+        return [*self.numeric, *self.categorical, *self.calendar]
 
 
 def feature_spec(frame: pd.DataFrame) -> FeatureSpec:
     """Return the model inputs of a feature table: numeric and categorical columns.
 
-    Ids, snapshot dates and the label are never inputs; booleans count as numeric; strings and
-    categoricals as categorical; datetimes are skipped (the features carry their ages instead).
+    Ids and the label are never inputs; the cutoff date enters only as its season (see
+    ``transforms.season_of_cutoff``); booleans count as numeric; strings and categoricals as
+    categorical; other datetimes are skipped (the features carry their ages instead).
     """
     numeric, categorical = [], []
+    calendar = [SNAPSHOT] if SNAPSHOT in frame.columns else []
     for col in frame.columns:
         if col in NON_FEATURES:
             continue
@@ -86,7 +97,7 @@ def feature_spec(frame: pd.DataFrame) -> FeatureSpec:
             numeric.append(col)
         elif pd.api.types.is_string_dtype(dtype) or isinstance(dtype, pd.CategoricalDtype):
             categorical.append(col)
-    return FeatureSpec(numeric, categorical)
+    return FeatureSpec(numeric, categorical, calendar)
 
 
 def candidate_pipeline(
@@ -110,7 +121,11 @@ def candidate_pipeline(
             OneHotEncoder(handle_unknown="ignore", min_frequency=20, sparse_output=False),
         )
         prep = ColumnTransformer(
-            [("num", numeric, spec.numeric), ("cat", categorical, spec.categorical)],
+            [
+                ("num", numeric, spec.numeric),
+                ("cat", categorical, spec.categorical),
+                ("season", FunctionTransformer(season_of_cutoff), spec.calendar),
+            ],
             verbose_feature_names_out=False,
         )
         model: Any = LogisticRegression(max_iter=2000, **params)
@@ -125,13 +140,15 @@ def candidate_pipeline(
             [
                 ("num", FunctionTransformer(as_float), spec.numeric),
                 ("cat", encoder, spec.categorical),
+                ("season", FunctionTransformer(season_of_cutoff), spec.calendar),
             ],
             verbose_feature_names_out=False,
         )
         n_num = len(spec.numeric)
-        mask = [False] * n_num + [True] * len(spec.categorical)
+        mask = (
+            [False] * n_num + [True] * len(spec.categorical) + [False, False] * len(spec.calendar)
+        )
         model = HistGradientBoostingClassifier(
-            max_iter=300,
             early_stopping=False,
             categorical_features=mask if spec.categorical else None,
             random_state=random_state,

@@ -155,3 +155,56 @@ def apply_overrides(
             changed[i] += int((out.loc[mask, field] != value).sum())
             out.loc[mask, field] = value
     return out, changed
+
+
+RISK_BANDS = ("low", "medium", "high")
+
+
+@dataclass(frozen=True)
+class RiskBandRule:
+    """How scores become bands; see ``RiskBandConfig`` in the config for the meaning."""
+
+    mode: str = "capacity"
+    high_share: float = 0.10
+    medium_share: float = 0.20
+    contact_cost: float = 5.0
+    save_rate: float = 0.2
+
+
+@dataclass(frozen=True)
+class RiskThresholds:
+    """Smallest ranking score that is still ``high`` and ``medium`` risk."""
+
+    high_min: float
+    medium_min: float
+
+
+def risk_thresholds(ranking: pd.Series, rule: RiskBandRule) -> RiskThresholds:
+    """Return band thresholds over the whole scored population.
+
+    ``capacity``: ``ranking`` is what the retention list is ordered by (churn probability or
+    value at risk); the top ``high_share`` are high, the next ``medium_share`` medium.
+    ``cost``: ``ranking`` must be value at risk (probability x expected value); a contact pays off
+    where ``save_rate`` x value at risk >= ``contact_cost`` (high), or at least half of it
+    (medium).
+    """
+    if rule.mode == "cost":
+        high = rule.contact_cost / rule.save_rate
+        return RiskThresholds(high, high / 2)
+    values = np.sort(ranking.to_numpy(dtype="float64"))[::-1]
+    if len(values) == 0:
+        return RiskThresholds(np.inf, np.inf)
+    n_high = max(1, round(len(values) * rule.high_share))
+    n_medium = round(len(values) * (rule.high_share + rule.medium_share))
+    high_min = values[n_high - 1]
+    medium_min = values[max(n_medium - 1, n_high - 1)]
+    return RiskThresholds(float(high_min), float(medium_min))
+
+
+def assign_risk_bands(ranking: pd.Series, thresholds: RiskThresholds) -> pd.Series:
+    """Return low / medium / high for each ranking score given precomputed thresholds."""
+    v = ranking.to_numpy(dtype="float64")
+    bands = np.select(
+        [v >= thresholds.high_min, v >= thresholds.medium_min], ["high", "medium"], "low"
+    )
+    return pd.Series(bands, index=ranking.index, name="risk_band")

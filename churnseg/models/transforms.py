@@ -11,6 +11,7 @@ from numpy.typing import ArrayLike, NDArray
 SKOPS_TRUSTED_TYPES = [
     "churnseg.models.transforms.signed_log1p",
     "churnseg.models.transforms.as_float",
+    "churnseg.models.transforms.season_of_cutoff",
     "numpy.dtype",
 ]
 
@@ -24,3 +25,16 @@ def signed_log1p(x: ArrayLike) -> NDArray[np.float64]:
 def as_float(frame: pd.DataFrame) -> pd.DataFrame:
     """Return ``frame`` as float64 (booleans and nullable integers included)."""
     return frame.astype("float64")
+
+
+def season_of_cutoff(frame: pd.DataFrame) -> NDArray[np.float64]:
+    """Return sine and cosine of each row's cutoff day of year (columns: sin, cos).
+
+    Churn defined by inactivity is seasonal (a window over the holidays sees more purchases);
+    stacked cutoffs at different times of year let a model learn that offset, which keeps its
+    probabilities calibrated when validation or scoring falls in another season than the last
+    training cutoff.
+    """
+    day = pd.to_datetime(frame.iloc[:, 0]).dt.day_of_year.to_numpy(dtype=np.float64)
+    angle = 2.0 * np.pi * day / 365.25
+    return np.column_stack([np.sin(angle), np.cos(angle)])

@@ -1,0 +1,90 @@
+"""Model-level checks of the churn stage on generated data with a known churn mechanism."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pytest
+from mlflow import MlflowClient
+
+from churnseg.models.registry import promotion_history
+from churnseg.pipelines import stages
+from churnseg.pipelines.config import Config, load_config
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One retrain through the plain stage functions (no Prefect) on 8,000 customers."""
+    state = tmp_path_factory.mktemp("churn")
+    path = state / "config.yaml"
+    path.write_text(
+        f"state_dir: {state}\n"
+        "sample: {customers: 8000, seed: 21, dirty_fraction: 0.0}\n"
+        "segmentation: {k_min: 3, k_max: 7, n_init: 2}\n"
+    )
+    config: Config = load_config(path, environ={})
+    stages.configure_mlflow(config)
+    paths = stages.run_paths(config, "model-test")
+    with mlflow.start_run() as run:
+        stages.extract_stage(config, paths)
+        stages.clean_stage(config, paths)
+        plan = stages.resolve_plan(config, paths)
+        stages.feature_stage(config, paths, plan)
+        stages.segmentation_stage(config, paths, run.info.run_id)
+        outcome = stages.churn_stage(config, paths)
+    metrics = MlflowClient().get_run(run.info.run_id).data.metrics
+    return {
+        "config": config,
+        "paths": paths,
+        "outcome": outcome,
+        "metrics": metrics,
+        "run_id": run.info.run_id,
+    }
+
+
+def test_calibrated_model_beats_baselines_out_of_time(trained: dict[str, Any]) -> None:
+    m = trained["metrics"]
+    auc = m["val_roc_auc"]
+    assert auc > m["baseline_recency_roc_auc"], f"{auc:.3f} vs recency"
+    assert auc > m["baseline_logistic_rfm_roc_auc"], f"{auc:.3f} vs logistic RFM"
+    assert m["val_ece"] <= 0.03, f"expected calibration error {m['val_ece']:.3f}"
+    assert trained["outcome"].promoted, trained["outcome"].reason
+
+
+def test_backtest_has_three_or_more_folds_and_small_spread(trained: dict[str, Any]) -> None:
+    m = trained["metrics"]
+    assert m["backtest_roc_auc_std"] < 0.05, "ranking quality is stable across cutoffs"
+    folds = mlflow.load_table("churn/backtest.json", run_ids=[trained["run_id"]])
+    assert len(folds) >= 3
+
+
+def test_retraining_the_same_data_is_not_promoted(trained: dict[str, Any]) -> None:
+    config, paths = trained["config"], trained["paths"]
+    with mlflow.start_run():
+        again = stages.churn_stage(config, paths)
+    assert not again.promoted, "an equal challenger must not replace the champion"
+    events = [e["event"] for e in promotion_history(config.mlflow.churn_model)]
+    assert events == ["promoted", "rejected"]
+
+
+def test_reasons_and_reference_are_logged(trained: dict[str, Any]) -> None:
+    explain = mlflow.artifacts.load_dict(f"runs:/{trained['run_id']}/{stages.EXPLAIN_ARTIFACT}")
+    assert explain["features"], "the most important features are kept for reasons"
+    assert set(explain["features"]) <= set(explain["reference"])
+
+
+def test_model_scores_raw_feature_table(trained: dict[str, Any]) -> None:
+    import pandas as pd
+
+    from churnseg.models.churn import churn_probability
+    from churnseg.models.registry import load_champion
+
+    config, paths = trained["config"], trained["paths"]
+    model = load_champion(config.mlflow.churn_model)
+    frame = pd.read_parquet(Path(paths.features) / "scoring.parquet")
+    proba = churn_probability(model, frame)
+    assert len(proba) == len(frame) and ((proba >= 0) & (proba <= 1)).all()
