@@ -26,3 +26,9 @@ def epoch_seconds(as_of: date | datetime) -> int:
 def cutoff_literal(as_of: date | datetime) -> ir.TimestampScalar:
     """Return the cutoff as an Ibis timestamp literal."""
     return ibis.literal(cutoff_datetime(as_of))
+
+
+def days_before(ts: ir.TimestampValue, as_of: date | datetime) -> ir.FloatingValue:
+    """Return the days from ``ts`` to the cutoff (positive for moments before it)."""
+    # A float numerator: Spark SQL reads the literal 86400.0 as a DECIMAL and would round.
+    return (epoch_seconds(as_of) - ts.epoch_seconds()).cast("float64") / SECONDS_PER_DAY

@@ -1,0 +1,87 @@
+"""The feature stage on a generated sample: three tables, one column set, BTYD per snapshot."""
+
+from __future__ import annotations
+
+from itertools import pairwise
+
+import mlflow
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from churnseg.features.btyd import BTYD_FEATURES
+from churnseg.pipelines import stages
+from churnseg.pipelines.config import Config
+from churnseg.pipelines.sample import SampleSpec, generate_sample
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[stages.RunPaths, dict[str, int]]:
+    state = tmp_path_factory.mktemp("state")
+    snapshots = {"horizon_days": 60, "train_cutoffs": 3}
+    config = Config.model_validate({"state_dir": str(state), "snapshots": snapshots})
+    paths = stages.run_paths(config, "run")
+    paths.clean.mkdir(parents=True)
+    # A generated sample without dirty rows stands in for the clean stage's output.
+    tables = generate_sample(SampleSpec(customers=400, seed=21, dirty_fraction=0.0))
+    for name in ("customers", "transactions", "events", "subscriptions"):
+        pq.write_table(tables[name], paths.clean / f"{name}.parquet")
+    mlflow.set_tracking_uri(f"sqlite:///{state}/mlflow.db")
+    with mlflow.start_run():
+        plan = stages.resolve_plan(config, paths)
+        counts = stages.feature_stage(config, paths, plan)
+        run = mlflow.active_run()
+        assert run is not None
+        logged = mlflow.get_run(run.info.run_id).data
+    assert logged.params["label_mode"] == "inactivity"
+    assert logged.params["feature_event_types"] == "login,email_open,support_ticket,complaint"
+    assert logged.metrics["btyd_r"] > 0 and logged.metrics["gamma_gamma_p"] > 0
+    return paths, counts
+
+
+def read(paths: stages.RunPaths, name: str) -> pd.DataFrame:
+    return pd.read_parquet(paths.features / f"{name}.parquet")
+
+
+def test_the_three_tables_share_their_feature_columns(
+    built: tuple[stages.RunPaths, dict[str, int]],
+) -> None:
+    paths, counts = built
+    train, validation, scoring = (read(paths, n) for n in ("train", "validation", "scoring"))
+    assert counts == {"train": len(train), "validation": len(validation), "scoring": len(scoring)}
+    assert list(train.columns) == list(validation.columns)
+    assert list(scoring.columns) == [c for c in train.columns if c != "churned"]
+    assert {"events_complaint_90d", "sub_plan", "region", *BTYD_FEATURES} <= set(scoring.columns)
+    assert sorted(p.name for p in paths.features.iterdir()) == [
+        "scoring.parquet",
+        "train.parquet",
+        "validation.parquet",
+    ], "staging files are removed"
+
+
+def test_every_snapshot_is_labelled_and_holds_known_customers_only(
+    built: tuple[stages.RunPaths, dict[str, int]],
+) -> None:
+    paths, _ = built
+    train = read(paths, "train")
+    cutoffs = sorted(pd.to_datetime(train.snapshot_date).unique())
+    assert len(cutoffs) == 3 and all(b - a == pd.Timedelta(days=60) for a, b in pairwise(cutoffs))
+    assert set(train.churned.unique()) == {0, 1}
+    sizes = train.groupby("snapshot_date").size().to_list()
+    assert sizes == sorted(sizes) and sizes[0] < sizes[-1], "customers keep joining"
+    assert (train.tenure_days >= 0).all(), "nobody enters a snapshot before being known"
+
+
+def test_btyd_predictions_exist_for_buyers_only(
+    built: tuple[stages.RunPaths, dict[str, int]],
+) -> None:
+    paths, _ = built
+    scoring = read(paths, "scoring")
+    buyers = scoring.btyd_t.notna()
+    assert buyers.sum() > 100
+    assert scoring.loc[buyers, list(BTYD_FEATURES)].notna().all().all()
+    assert scoring.loc[~buyers, list(BTYD_FEATURES)].isna().all().all()
+    assert scoring.loc[buyers, "btyd_p_alive"].between(0, 1).all()
+    recent = scoring.loc[buyers].sort_values("recency_days")
+    top, bottom = recent.head(50), recent.tail(50)
+    assert top.btyd_p_alive.mean() > bottom.btyd_p_alive.mean(), "recent buyers more alive"
