@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -49,16 +50,19 @@ _QUIET_ENV = {
 def _exit_code(exc: BaseException) -> int:
     from churnseg.features.cleaning import DataContractError
     from churnseg.pipelines.config import ConfigError
+    from churnseg.pipelines.monitor import MonitorError
     from churnseg.pipelines.publish import PublishError
     from churnseg.pipelines.sources import SourceError
     from churnseg.pipelines.stages import DataQualityError
 
     if isinstance(exc, ConfigError):
         return 2
-    if isinstance(exc, DataContractError | DataQualityError | SourceError):
+    if isinstance(exc, DataContractError | DataQualityError | SourceError | MonitorError):
         return 3
     if isinstance(exc, PublishError):
         return 4
+    if type(exc) is LookupError:  # nothing to promote or roll back to (not a KeyError bug)
+        return 2
     return 1
 
 
@@ -66,7 +70,7 @@ def _fail(exc: BaseException) -> None:
     if _state["debug"]:
         raise exc
     first = str(exc).strip() or type(exc).__name__
-    err_console.print(f"[bold red]error:[/] {first}", highlight=False)
+    err_console.print(f"[bold red]error:[/] {first}", highlight=False, soft_wrap=True)
     err_console.print("(run with --debug for the traceback)", style="dim")
     raise typer.Exit(_exit_code(exc))
 
@@ -143,10 +147,16 @@ def _print_summary(summary: dict[str, Any]) -> None:
         table.add_row(
             "segments (k)", f"{summary['k']}: {', '.join(summary['segment_names'].values())}"
         )
-        table.add_row("validation ROC AUC", f"{summary['val_roc_auc']:.3f}")
         table.add_row(
-            "models (champion)",
-            f"segmentation v{summary['segmentation_version']}, churn v{summary['churn_version']}",
+            "validation (out of time)",
+            f"ROC AUC {summary['val_roc_auc']:.3f}, ECE {summary['val_ece']:.3f} "
+            f"({summary['churn_candidate']}, calibrated)",
+        )
+        verdict = "promoted to champion" if summary["churn_promoted"] else "not promoted"
+        table.add_row(
+            "models",
+            f"segmentation v{summary['segmentation_version']} (champion); "
+            f"churn v{summary['churn_version']} {verdict}: {summary['churn_decision']}",
         )
     table.add_row("rows published", f"{summary['rows_published']:,}")
     table.add_row("output table", summary["table"])
@@ -156,13 +166,46 @@ def _print_summary(summary: dict[str, Any]) -> None:
     console.print(table)
 
 
+@contextmanager
+def _quiet_prefect_console() -> Iterator[None]:
+    """Keep Prefect's run logs (and their tracebacks) off the terminal unless ``--debug``.
+
+    The logs still reach the Prefect API (UI); the command prints its own summary or one-line
+    error.
+    """
+    import logging
+
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    if _state["debug"]:
+        yield
+        return
+    loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+    handlers = [
+        h
+        for logger in loggers
+        if isinstance(logger, logging.Logger)
+        for h in logger.handlers
+        if isinstance(h, PrefectConsoleHandler)
+    ]
+    levels = [h.level for h in handlers]
+    for handler in handlers:
+        handler.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for handler, level in zip(handlers, levels, strict=True):
+            handler.setLevel(level)
+
+
 def _run_flow(kind: str, config: Path | None) -> None:
     _load(config)  # fail fast with a readable config error before Prefect starts
     from churnseg.pipelines import flows
 
     flow_fn = flows.retrain_flow if kind == "retrain" else flows.score_flow
     try:
-        summary = flow_fn(config_path=str(config) if config else None)
+        with _quiet_prefect_console():
+            summary = flow_fn(config_path=str(config) if config else None)
     except Exception as exc:
         _fail(exc)
     _print_summary(summary)
@@ -193,6 +236,197 @@ def score(config: ConfigOption = None) -> None:
     Example: churnseg score -c configs/default.yaml
     """
     _run_flow("score", config)
+
+
+@app.command()
+def monitor(
+    config: ConfigOption = None,
+    run_folder: Annotated[
+        Path | None,
+        typer.Option(help="Reuse this run folder's clean tables and features; default: rebuild."),
+    ] = None,
+) -> None:
+    """Compare today's data with the champion's snapshot and flag drift.
+
+    Feature PSI, churn score drift, segment migration, realised against predicted churn of
+    published snapshots whose horizon has passed. A flagged run still exits 0.
+
+    Example: churnseg monitor -c configs/default.yaml
+    """
+    _load(config)
+    from churnseg.pipelines import flows
+
+    try:
+        summary = flows.monitor_flow(
+            config_path=str(config) if config else None,
+            run_folder=str(run_folder) if run_folder else None,
+        )
+    except Exception as exc:
+        _fail(exc)
+    table = Table(title="churnseg monitor", show_header=False)
+    table.add_row("snapshot", summary["snapshot"])
+    table.add_row("drift", "[bold red]FLAGGED[/]" if summary["flagged"] else "[green]ok[/]")
+    for reason in summary["reasons"]:
+        table.add_row("", reason)
+    table.add_row("score PSI", f"{summary['score']['score_psi']:.3f}")
+    table.add_row("moderate drift", ", ".join(summary["features_moderate_drift"]) or "-")
+    table.add_row("major drift", ", ".join(summary["features_major_drift"]) or "-")
+    table.add_row("changed segment", f"{summary['segment_moved_share']:.1%}")
+    table.add_row("matured snapshots", ", ".join(summary["snapshots_matured"]) or "-")
+    table.add_row("MLflow run", summary["mlflow_run_id"])
+    if "retrain" in summary:
+        table.add_row("retrain", f"ran: MLflow run {summary['retrain']['mlflow_run_id']}")
+    console.print(table)
+
+
+@app.command()
+def report(
+    config: ConfigOption = None,
+    out: Annotated[
+        Path | None, typer.Option(help="HTML file to write; default: <state_dir>/report.html.")
+    ] = None,
+) -> None:
+    """Write one self-contained HTML page: segments, churn model, drift, customers at risk.
+
+    Example: churnseg report --out report.html
+    """
+    cfg = _load(config)
+    from churnseg.pipelines.report import build_report
+
+    try:
+        written = build_report(cfg, out or cfg.state_dir / "report.html")
+    except Exception as exc:
+        _fail(exc)
+    console.print(f"report written to {written}")
+
+
+ModelOption = Annotated[
+    str, typer.Option("--model", "-m", help="Which model: churn or segmentation.")
+]
+
+
+def _model_name(config: Any, model: str) -> str:
+    if model not in ("churn", "segmentation"):
+        _fail(ValueError(f"--model must be churn or segmentation, got {model!r}"))
+    return str(config.mlflow.churn_model if model == "churn" else config.mlflow.segmentation_model)
+
+
+@app.command()
+def promote(
+    config: ConfigOption = None,
+    model: ModelOption = "churn",
+    version: Annotated[
+        int | None, typer.Option(help="Version to promote; default: the newest.")
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Promote without the validation gate.")
+    ] = False,
+) -> None:
+    """Make a model version champion by hand (the old champion becomes 'previous').
+
+    Retraining promotes automatically when a challenger wins; this overrides that gate and
+    records the override in the audit trail.
+
+    Example: churnseg promote --force --model churn --version 7
+    """
+    if not force:
+        _fail(ValueError("promotion by hand bypasses the validation gate: pass --force"))
+    cfg = _load(config)
+    from mlflow import MlflowClient
+
+    from churnseg.models.registry import promote as promote_version
+    from churnseg.pipelines.stages import configure_mlflow
+
+    name = _model_name(cfg, model)
+    try:
+        configure_mlflow(cfg)
+        if version is None:
+            versions = MlflowClient().search_model_versions(f"name = '{name}'")
+            if not versions:
+                raise LookupError(f"no registered versions of {name!r}")
+            version = max(int(v.version) for v in versions)
+        promote_version(name, version, "forced by churnseg promote --force")
+    except Exception as exc:
+        _fail(exc)
+    console.print(f"{name}: version {version} is champion")
+
+
+@app.command()
+def rollback(config: ConfigOption = None, model: ModelOption = "churn") -> None:
+    """Swap the 'champion' and 'previous' aliases of a model (undo the last promotion).
+
+    Example: churnseg rollback --model churn
+    """
+    cfg = _load(config)
+    from churnseg.models.registry import rollback as rollback_model
+    from churnseg.pipelines.stages import configure_mlflow
+
+    name = _model_name(cfg, model)
+    try:
+        configure_mlflow(cfg)
+        old, new = rollback_model(name)
+    except Exception as exc:
+        _fail(exc)
+    console.print(f"{name}: champion is version {new} again (was {old})")
+
+
+@app.command()
+def history(config: ConfigOption = None, model: ModelOption = "churn") -> None:
+    """Print every promotion, rejection and rollback of a model, oldest first.
+
+    Example: churnseg history --model churn
+    """
+    cfg = _load(config)
+    from churnseg.models.registry import promotion_history
+    from churnseg.pipelines.stages import configure_mlflow
+
+    try:
+        configure_mlflow(cfg)
+        events = promotion_history(_model_name(cfg, model))
+    except Exception as exc:
+        _fail(exc)
+    table = Table("when (UTC)", "version", "event", "reason")
+    for event in events:
+        table.add_row(event["at"], str(event["version"]), event["event"], event["reason"])
+    console.print(table)
+
+
+@app.command()
+def serve(
+    config: ConfigOption = None,
+    timezone: Annotated[
+        str, typer.Option(help="IANA time zone the schedules are read in.")
+    ] = "Europe/Berlin",
+) -> None:
+    """Run the scheduled deployments from this process: weekly retrain, daily scoring.
+
+    Schedules need a Prefect server (the temporary one cannot schedule): start one with
+    `prefect server start` and export PREFECT_API_URL=http://127.0.0.1:4200/api. Stop with Ctrl-C.
+
+    Example: churnseg serve -c configs/default.yaml --timezone Europe/Berlin
+    """
+    from prefect.settings import PREFECT_API_URL
+
+    from churnseg.pipelines.config import ConfigError
+    from churnseg.pipelines.deployments import DEPLOYMENTS, build_deployments
+
+    _load(config)
+    if not PREFECT_API_URL.value():
+        _fail(
+            ConfigError(
+                "PREFECT_API_URL is not set: run `prefect server start` and export "
+                "PREFECT_API_URL=http://127.0.0.1:4200/api"
+            )
+        )
+    try:
+        deployments = build_deployments(str(config) if config else None, timezone)
+    except Exception as exc:
+        _fail(exc)
+    for spec in DEPLOYMENTS:
+        console.print(f"{spec.name}: {spec.flow} at cron '{spec.cron}' ({timezone})")
+    from prefect import serve as prefect_serve
+
+    prefect_serve(*deployments)
 
 
 @config_app.command("show")

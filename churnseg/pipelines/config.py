@@ -18,7 +18,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_serializer,
+    model_validator,
+)
 
 from churnseg.features.contract import CONTRACTS
 
@@ -35,18 +42,99 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def redact_url(url: str) -> str:
+    """Return a database URL with its password replaced by ``***`` (for messages and logs)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):
+        # Not parseable as a URL: blank anything between "user:" and "@" all the same.
+        return re.sub(r"(//[^/:@]*:)[^@/]*@", r"\1***@", url)
+
+
+_SECRETS = (
+    # scheme://user:password@host: the password runs to the last "@" before the path.
+    (re.compile(r"(\b[a-z][a-z0-9+.\-]*://[^\s:/@]*:)[^\s/]*@", re.IGNORECASE), r"\1***@"),
+    # password=... and the like, in URL query strings and libpq "key=value" strings.
+    (
+        re.compile(
+            r"(\b(?:password|passwd|pwd|sslpassword|secret|token|api_?key|access_?key)\s*=\s*)"
+            r"(?:'(?:[^'\\]|\\.)*'|[^\s&;'\"]+)",
+            re.IGNORECASE,
+        ),
+        r"\1***",
+    ),
+)
+
+
+def redact_secrets(text: str) -> str:
+    """Return ``text`` with every password in a URL or ``key=value`` connection string hidden.
+
+    Works on any text (a URL, an error message), unlike ``redact_url``, which needs one URL:
+    ``postgresql://u:pw@h/db?sslpassword=x`` becomes ``postgresql://u:***@h/db?sslpassword=***``.
+    """
+    for pattern, replacement in _SECRETS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
 class SourceConfig(_Strict):
-    """Where one logical table comes from: a file (or glob) or a SQL database table or query."""
+    """Where one logical table comes from: a file (or glob) or a SQL database table or query.
+
+    How values are read is configured here too: CSV dialect, date formats, the time zone of
+    timestamps without one, and (customers) attribute types.
+    """
 
     path: str | None = Field(None, description="CSV or Parquet file, or a glob of them.")
     format: Literal["parquet", "csv"] | None = Field(
         None, description="File format; inferred from the path's suffix when omitted."
     )
-    url: str | None = Field(None, description="SQLAlchemy-style database URL.")
-    table: str | None = Field(None, description="Table name in the database.")
+    url: str | None = Field(
+        None,
+        description="SQLAlchemy database URL (postgresql://, sqlite:///); put the password in "
+        "an environment variable: ${PGPASSWORD}. Printed and logged with the password hidden.",
+    )
+    table: str | None = Field(None, description="Table name in the database ('schema.table').")
     query: str | None = Field(None, description="SQL query run against the database.")
+    batch_rows: int = Field(
+        50_000, ge=1, description="Rows fetched from a database per batch (bounds memory)."
+    )
     columns: dict[str, str] = Field(
         default_factory=dict, description="Logical column name -> column name in the source."
+    )
+    delimiter: str | None = Field(
+        None,
+        min_length=1,
+        max_length=4,
+        description="CSV field delimiter (e.g. ';' or '\\t'); default: detected from the file.",
+    )
+    encoding: Literal["utf-8", "latin-1", "utf-16"] = Field(
+        "utf-8",
+        description="CSV text encoding; lines with bytes invalid in it are quarantined "
+        "as 'bad_encoding'.",
+    )
+    header: bool = Field(True, description="The CSV file's first line names the columns.")
+    date_formats: list[str] = Field(
+        default_factory=list,
+        description="strftime formats tried in order on text timestamps ('%d/%m/%Y %H:%M'); "
+        "default: ISO 8601 only. Text matching none is quarantined as 'bad_timestamp'.",
+    )
+    time_zone: str | None = Field(
+        None,
+        description="IANA zone of timestamps that carry none (e.g. 'Europe/Paris'); they are "
+        "converted to UTC. Default: UTC. Timestamps with a zone are converted from theirs.",
+    )
+    attributes: dict[str, Literal["numeric", "categorical"]] = Field(
+        default_factory=dict,
+        description="customers only: attribute column (source name) -> numeric or categorical; "
+        "undeclared extra columns are inferred and the result is printed and logged.",
+    )
+    latest_by: str | None = Field(
+        None,
+        description="customers only: source column (e.g. updated_at) whose largest value marks "
+        "the latest of duplicated customer rows; default: the row read last.",
     )
 
     @model_validator(mode="after")
@@ -55,7 +143,21 @@ class SourceConfig(_Strict):
             raise ValueError("give exactly one of 'path' (a file) or 'url' (a database)")
         if self.url is not None and (self.table is None) == (self.query is None):
             raise ValueError("a database source needs exactly one of 'table' or 'query'")
+        if self.time_zone is not None:
+            from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+            try:
+                ZoneInfo(self.time_zone)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise ValueError(
+                    f"time_zone {self.time_zone!r} is not an IANA zone (e.g. 'Europe/Paris')"
+                ) from None
         return self
+
+    @field_serializer("url", when_used="json")
+    def _hide_password(self, url: str | None) -> str | None:
+        # JSON dumps feed `config show` and the MLflow lineage: never the password.
+        return None if url is None else redact_url(url)
 
     @property
     def file_format(self) -> Literal["parquet", "csv"]:
@@ -76,14 +178,58 @@ class SampleConfig(_Strict):
 
 
 class CleaningConfig(_Strict):
-    """Cleaning rules; every rejected row keeps its reason code in quarantine."""
+    """Cleaning rules; every rejected row keeps its reason code in quarantine (docs/data_in.md)."""
 
-    min_date: date = Field(date(2000, 1, 1), description="Timestamps before this are rejected.")
+    min_date: date = Field(
+        date(2000, 1, 1), description="Start date: timestamps before it are 'before_min_date'."
+    )
     now: date | None = Field(
         None, description="Timestamps after this day are 'future'; default: the run's clock."
     )
     max_quarantine_share: float = Field(
         0.2, ge=0.0, le=1.0, description="Stop the run when a table loses more than this share."
+    )
+    missing_id_values: list[str] = Field(
+        default_factory=lambda: ["null", "none", "nan", "n/a", "na", "unknown", "-", "?"],
+        description="Customer ids that mean 'no id' (compared trimmed, case-insensitive); "
+        "rows carrying them are 'null_customer_id' like blank ids.",
+    )
+    unknown_customers: Literal["quarantine", "stub"] = Field(
+        "quarantine",
+        description="Rows of ids missing from customers: quarantine them ('unknown_customer') "
+        "or keep them and add a stub customer (is_stub = true).",
+    )
+    zero_amounts: Literal["quarantine", "keep"] = Field(
+        "quarantine", description="Transactions with amount 0: quarantine ('zero_amount') or keep."
+    )
+    max_abs_amount: float | None = Field(
+        1e8,
+        gt=0,
+        description="Amounts beyond +/- this are impossible and quarantined "
+        "('amount_above_max'); null: no cap.",
+    )
+    extreme_quantile: float | None = Field(
+        0.999,
+        gt=0.5,
+        lt=1.0,
+        description="Clean transactions with |amount| above this quantile get is_extreme = true "
+        "(flagged, kept); null: no flag.",
+    )
+    dedupe_order_lines: bool = Field(
+        True,
+        description="Quarantine a line repeating (order_id, product, quantity, amount) of an "
+        "earlier one at another time ('duplicate_order_line').",
+    )
+    fold_case: bool = Field(
+        True,
+        description="Lower-case categorical values (category, channel, event_type, plan, "
+        "categorical attributes); values are always trimmed.",
+    )
+    numeric_min_distinct: int = Field(
+        20,
+        ge=2,
+        description="Attribute inference: a text column is numeric when every value parses as "
+        "a number, none has a leading zero and it has more distinct values than this.",
     )
 
 
@@ -94,20 +240,126 @@ class SnapshotConfig(_Strict):
         None, description="Scoring cutoff; default: the day after the last clean transaction."
     )
     horizon_days: int = Field(90, ge=1)
-    train_cutoffs: int = Field(3, ge=1)
+    train_cutoffs: int = Field(
+        4, ge=2, description="Training cutoffs: all but the last fit, the last calibrates."
+    )
     cutoff_step_days: int | None = Field(
         None, ge=1, description="Days between training cutoffs; default: the horizon."
     )
 
 
-class SegmentationConfig(_Strict):
-    """k-means segmentation over log-scaled RFM features."""
+class FeatureConfig(_Strict):
+    """Feature windows and churn labels; the label horizon is ``snapshots.horizon_days``.
 
+    Label modes (``label``): ``inactivity`` - no purchase (or activity event) in
+    ``[as_of, as_of + horizon)``; ``contract`` - the subscription coverage that was active at
+    ``as_of`` lapses in the horizon and no subscription follows within ``grace_days`` (or, without
+    a subscriptions table, ``customers.churn_date`` falls in the horizon); ``column`` - the
+    customers column ``label_column`` holds the flag (a snapshot without timestamps).
+    """
+
+    windows: tuple[int, ...] = Field(
+        (30, 90, 180, 365),
+        min_length=1,
+        description="Window lengths in days for counts, sums and trends (ascending, distinct).",
+    )
+    slope_bucket_days: int = Field(30, ge=1, description="Bucket length of the spend slope.")
+    slope_buckets: int = Field(12, ge=2, description="Buckets the spend slope is fitted over.")
+    label: Literal["inactivity", "contract", "column"] = Field(
+        "inactivity", description="Churn label mode: inactivity, contract or column."
+    )
+    activity_event_types: list[str] = Field(
+        default_factory=list,
+        description="inactivity: event types that also count as activity (default: none).",
+    )
+    grace_days: int = Field(
+        30, ge=0, description="contract: a lapse shorter than this is a renewal, not churn."
+    )
+    label_column: str | None = Field(
+        None, description="column: the customers column holding the churn flag (0/1, bool)."
+    )
+    btyd_period_days: int = Field(
+        7, ge=1, description="BTYD period unit in days (7: frequency, recency, T in weeks)."
+    )
+    channels: list[str] | None = Field(
+        None, description="Channels with a share column; default: the most frequent ones."
+    )
+    event_types: list[str] | None = Field(
+        None, description="Event types with feature columns; default: the most frequent ones."
+    )
+    max_levels: int = Field(
+        20, ge=1, description="At most this many channels or event types get columns."
+    )
+    subscription_term_days: int = Field(
+        30, ge=1, description="Subscriptions renew every this many days from their start."
+    )
+    subscription_end_known: bool = Field(
+        False,
+        description="end_date is a contract end fixed in advance, so a future end may be read.",
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> FeatureConfig:
+        if list(self.windows) != sorted(set(self.windows)) or self.windows[0] < 1:
+            raise ValueError(f"windows must be ascending, distinct and >= 1, got {self.windows}")
+        if self.label == "column" and not self.label_column:
+            raise ValueError("label 'column' needs label_column (the customers churn flag)")
+        return self
+
+
+class NamingRuleConfig(_Strict):
+    """A segment name and the centroid ranks (0 lowest .. 1 highest) a segment needs for it."""
+
+    name: str = Field(min_length=1)
+    min_rank: dict[str, float] = Field(
+        default_factory=dict, description="Input -> lowest rank allowed."
+    )
+    max_rank: dict[str, float] = Field(
+        default_factory=dict, description="Input -> highest rank allowed."
+    )
+
+
+def _default_naming() -> list[NamingRuleConfig]:
+    return [
+        NamingRuleConfig(name="Champions", min_rank={"purchase_rate": 0.6, "monetary_mean": 0.6}),
+        NamingRuleConfig(
+            name="Bargain hunters",
+            min_rank={"purchase_rate": 0.6},
+            max_rank={"monetary_mean": 0.5},
+        ),
+        NamingRuleConfig(
+            name="Big spenders", min_rank={"monetary_mean": 0.6}, max_rank={"purchase_rate": 0.5}
+        ),
+        NamingRuleConfig(name="Dormant", max_rank={"purchase_rate": 0.0}),
+        NamingRuleConfig(name="Occasional", max_rank={"purchase_rate": 0.4}),
+        NamingRuleConfig(name="Loyal"),
+    ]
+
+
+class SegmentationConfig(_Strict):
+    """k-means segmentation: inputs, k range, identities across retrains, names."""
+
+    features: list[str] = Field(
+        default_factory=lambda: ["purchase_rate", "monetary_mean"],
+        min_length=1,
+        description="Clustering inputs: feature columns or derived names (purchase_rate).",
+    )
+    scaler: Literal["standard", "robust"] = "standard"
+    pca_components: int | None = Field(None, ge=1, description="PCA before k-means; null: off.")
     k_min: int = Field(2, ge=2)
     k_max: int = Field(8, ge=2)
     min_segment_share: float = Field(0.03, ge=0.0, lt=0.5)
     silhouette_sample: int = Field(5000, ge=100)
     n_init: int = Field(4, ge=1)
+    minibatch_above: int = Field(
+        200_000, ge=1000, description="Rows above which MiniBatchKMeans replaces KMeans."
+    )
+    match_max_distance: float = Field(
+        1.0,
+        gt=0.0,
+        description="Largest centroid distance (champion space) at which a segment keeps its id.",
+    )
+    naming: list[NamingRuleConfig] = Field(default_factory=_default_naming)
     random_state: int = 0
 
     @model_validator(mode="after")
@@ -117,11 +369,96 @@ class SegmentationConfig(_Strict):
         return self
 
 
-class ChurnConfig(_Strict):
-    """Churn classifier settings."""
+class OverrideRule(_Strict):
+    """A business rule that beats the model: where ``column`` ``op`` ``value``, set fields."""
 
-    c: float = Field(1.0, gt=0.0, description="Inverse regularisation strength.")
-    max_iter: int = Field(1000, ge=10)
+    column: str
+    op: Literal["eq", "ne", "gt", "ge", "lt", "le", "in"] = "eq"
+    value: Any
+    set: dict[Literal["value_tier", "lifecycle_stage", "segment_name"], str]
+
+
+class ClassificationConfig(_Strict):
+    """Value tiers, lifecycle stages and overrides."""
+
+    value_column: str = Field(
+        "spend_365d", description="Per-customer value the A/B/C tiers are cut on."
+    )
+    tier_cuts: tuple[float, float] = Field(
+        (0.80, 0.95),
+        description="Cumulative value shares ending tier A and tier B (e.g. 80/15/5).",
+    )
+    new_within_days: int = Field(90, ge=1, description="Tenure below this: 'new'.")
+    churned_after_days: int = Field(180, ge=1, description="No purchase for this long: 'churned'.")
+    trend_window_days: int = Field(
+        90, ge=1, description="Orders in the last window against the window before it."
+    )
+    growing_ratio: float = Field(1.25, gt=1.0)
+    declining_ratio: float = Field(0.75, gt=0.0, lt=1.0)
+    overrides: list[OverrideRule] = Field(
+        default_factory=lambda: [
+            OverrideRule(column="is_key_account", value=True, set={"value_tier": "A"})
+        ]
+    )
+
+    @model_validator(mode="after")
+    def _cuts(self) -> ClassificationConfig:
+        a, b = self.tier_cuts
+        if not 0 < a < b <= 1:
+            raise ValueError(f"tier_cuts must satisfy 0 < A < B <= 1, got {self.tier_cuts}")
+        return self
+
+
+ChurnCandidate = Literal["logreg", "hgb"]
+
+
+class RiskBandConfig(_Strict):
+    """How churn scores become low / medium / high risk bands.
+
+    ``capacity``: the top ``high_share`` of customers by ``rank_by`` are high, the next
+    ``medium_share`` medium. ``cost``: high where churn probability x expected value x
+    ``save_rate`` exceeds ``contact_cost`` (a contact pays off), medium where it exceeds half of it.
+    """
+
+    mode: Literal["capacity", "cost"] = "capacity"
+    rank_by: Literal["churn_probability", "value_at_risk"] = "churn_probability"
+    high_share: float = Field(0.10, gt=0.0, lt=1.0)
+    medium_share: float = Field(0.20, ge=0.0, lt=1.0)
+    contact_cost: float = Field(5.0, ge=0.0, description="Cost of one retention contact.")
+    save_rate: float = Field(
+        0.2, gt=0.0, le=1.0, description="Share of contacted churners a contact keeps."
+    )
+
+
+class ChurnConfig(_Strict):
+    """Churn model: candidates, calibration, population, promotion, bands and reasons."""
+
+    candidates: list[ChurnCandidate] = Field(
+        default_factory=lambda: list[ChurnCandidate](["logreg", "hgb"]), min_length=1
+    )
+    calibration: Literal["isotonic", "sigmoid"] = "isotonic"
+    population_max_recency_days: int | None = Field(
+        365,
+        ge=1,
+        description="Train and validate on customers who bought within this many days (or never"
+        " bought yet); long-lapsed customers are churned already, not at risk.",
+    )
+    search_sample_rows: int = Field(
+        200_000, ge=1000, description="Rows used per search and backtest fit (a sample)."
+    )
+    contact_capacity: float = Field(
+        0.10, gt=0.0, le=1.0, description="Share of customers retention can contact."
+    )
+    promotion_metric: Literal["roc_auc", "pr_auc"] = "roc_auc"
+    promotion_margin: float = Field(
+        0.005, ge=0.0, description="How much better than the champion a challenger must be."
+    )
+    risk_bands: RiskBandConfig = RiskBandConfig()
+    reasons_top_k: int = Field(3, ge=1, le=10)
+    reasons_max_features: int = Field(
+        12, ge=1, description="Features attributed per customer: the most important ones."
+    )
+    random_state: int = 0
 
 
 class MlflowConfig(_Strict):
@@ -134,11 +471,112 @@ class MlflowConfig(_Strict):
     churn_model: str = "churnseg-churn"
 
 
-class PublishConfig(_Strict):
-    """Where scored customers are published."""
+# Lower-case, unquoted-safe, short enough for PostgreSQL's 63-byte names with derived suffixes.
+_TABLE_NAME = r"^[a-z_][a-z0-9_]{0,47}$"
+PUBLISH_SCHEMES = ("sqlite:///", "postgresql://", "postgresql+psycopg://", "postgres://")
 
-    url: str = "sqlite:///{state_dir}/scores.db"
-    table: str = Field("customer_scores", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+class PublishConfig(_Strict):
+    """Where and how the output tables are published (docs/output_tables.md)."""
+
+    url: str = Field(
+        "sqlite:///{state_dir}/scores.db",
+        description="Output database: sqlite:///path, or postgresql:// (postgresql+psycopg://) "
+        "with the password from the environment (${PGPASSWORD}); never printed or logged.",
+    )
+    table: str = Field(
+        "customer_scores",
+        pattern=_TABLE_NAME,
+        description="Customer scores table; the view on its newest snapshot is <table>_latest.",
+    )
+    segment_profiles_table: str = Field("segment_profiles", pattern=_TABLE_NAME)
+    quarantine_table: str = Field("data_quarantine", pattern=_TABLE_NAME)
+    runs_table: str = Field("pipeline_runs", pattern=_TABLE_NAME)
+    db_schema: str | None = Field(
+        None,
+        pattern=_TABLE_NAME,
+        description="PostgreSQL schema holding the tables (created if missing); default: public.",
+    )
+    keep_snapshots: int = Field(
+        12, ge=1, description="Newest snapshots kept in the scores and segment profile tables."
+    )
+    keep_quarantine_runs: int = Field(
+        30, ge=1, description="Newest runs whose quarantined rows are kept in the database."
+    )
+    chunk_rows: int = Field(
+        100_000, ge=1, description="Rows per batch when scoring and publishing (bounds memory)."
+    )
+    lock_timeout_seconds: float = Field(
+        600.0, gt=0, description="Longest wait for another publisher of the same snapshot."
+    )
+
+    @model_validator(mode="after")
+    def _known_database(self) -> PublishConfig:
+        if not self.url.startswith(PUBLISH_SCHEMES):
+            raise ValueError(f"url must start with one of {', '.join(PUBLISH_SCHEMES)}")
+        if self.db_schema is not None and self.url.startswith("sqlite"):
+            raise ValueError("db_schema applies to PostgreSQL only; SQLite has one schema per file")
+        return self
+
+
+class PsiThresholds(_Strict):
+    """PSI per severity: at ``moderate`` a feature is reported, at ``major`` the run is flagged."""
+
+    moderate: float = Field(0.1, gt=0.0, description="PSI from which a shift is moderate.")
+    major: float = Field(0.25, gt=0.0, description="PSI from which a shift is major (flags).")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> PsiThresholds:
+        if self.moderate >= self.major:
+            raise ValueError(f"moderate ({self.moderate}) must be below major ({self.major})")
+        return self
+
+
+class MonitoringConfig(_Strict):
+    """Drift monitoring: thresholds that flag a run, and whether a flag triggers a retrain."""
+
+    psi_thresholds: PsiThresholds = Field(
+        PsiThresholds(), description="Feature PSI per severity; a major shift flags the run."
+    )
+    psi_bins: int = Field(10, ge=2, le=100, description="Quantile bins of the reference.")
+    score_psi_threshold: float = Field(
+        0.2, gt=0.0, description="PSI of the churn score distribution that flags the run."
+    )
+    calibration_tolerance: float = Field(
+        0.1,
+        gt=0.0,
+        le=1.0,
+        description="Largest accepted gap between realised churn rate and mean predicted "
+        "probability of a published snapshot whose horizon has passed.",
+    )
+    retrain_on_drift: bool = Field(
+        False, description="Run the retrain flow when the monitoring run is flagged."
+    )
+
+
+class ScoringConfig(_Strict):
+    """Where scoring runs: in this process, or in row-range partitions on a Dask cluster."""
+
+    dask_address: str | None = Field(
+        None,
+        description="Scheduler of a running Dask cluster (tcp://host:8786) to score partitions "
+        "on; its workers must read and write the run folder (shared storage). Null: see "
+        "dask_workers.",
+    )
+    dask_workers: int = Field(
+        0,
+        ge=0,
+        description="Without dask_address: start a local Dask cluster of this many worker "
+        "processes for scoring; 0 scores in this process.",
+    )
+    partition_rows: int = Field(
+        250_000, ge=1, description="Rows of the scoring feature table per Dask partition task."
+    )
+
+    @property
+    def uses_dask(self) -> bool:
+        """Whether scoring fans partitions out on a Dask cluster."""
+        return self.dask_address is not None or self.dask_workers > 0
 
 
 class Config(_Strict):
@@ -149,10 +587,29 @@ class Config(_Strict):
     sample: SampleConfig = SampleConfig()
     cleaning: CleaningConfig = CleaningConfig()
     snapshots: SnapshotConfig = SnapshotConfig()
+    features: FeatureConfig = FeatureConfig()
     segmentation: SegmentationConfig = SegmentationConfig()
+    classification: ClassificationConfig = ClassificationConfig()
     churn: ChurnConfig = ChurnConfig()
     mlflow: MlflowConfig = MlflowConfig()
     publish: PublishConfig = PublishConfig()
+    monitoring: MonitoringConfig = MonitoringConfig()
+    scoring: ScoringConfig = ScoringConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sample_sources(cls, data: Any) -> Any:
+        """With the sample enabled and no sources given, read the four sample tables."""
+        if isinstance(data, dict) and not data.get("sources"):
+            sample = data.get("sample") or {}
+            if not isinstance(sample, dict) or sample.get("enabled", True):
+                data = {
+                    **data,
+                    "sources": {
+                        t: {"path": f"{{state_dir}}/sample/{t}.parquet"} for t in CONTRACTS
+                    },
+                }
+        return data
 
     @model_validator(mode="after")
     def _known_tables(self) -> Config:
@@ -228,7 +685,8 @@ def _describe(error: ValidationError) -> str:
             lines.append(f"{key}: unknown key")
         else:
             lines.append(f"{key}: {item['msg']} (got {item.get('input')!r})")
-    return "\n".join(lines)
+    # The offending input may hold a database URL: never show its password.
+    return redact_secrets("\n".join(lines))
 
 
 def load_config(path: str | Path | None = None, environ: dict[str, str] | None = None) -> Config:
@@ -281,8 +739,14 @@ def _allowed_keys_hint(error: ValidationError) -> str:
 
 
 def config_as_dict(config: Config) -> dict[str, Any]:
-    """Return the resolved config as plain data (for printing and for MLflow lineage)."""
+    """Return the resolved config as plain data, passwords hidden (printing, MLflow lineage)."""
     data = config.model_dump(mode="json")
-    data["mlflow"]["tracking_uri"] = config.tracking_uri
-    data["publish"]["url"] = config.publish_url
+    data["mlflow"]["tracking_uri"] = redact_secrets(config.tracking_uri)
+    data["mlflow"]["artifact_location"] = redact_secrets(
+        config.resolve(config.mlflow.artifact_location)
+    )
+    data["publish"]["url"] = redact_secrets(config.publish_url)
+    for name, source in config.sources.items():
+        if source.url is not None:
+            data["sources"][name]["url"] = redact_secrets(source.url)
     return data

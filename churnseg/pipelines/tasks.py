@@ -2,64 +2,168 @@
 
 from __future__ import annotations
 
+from datetime import date
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from prefect import task
+from prefect import State, task
 from prefect.cache_policies import NONE
+from prefect.tasks import exponential_backoff
 
 from churnseg.features.snapshots import CutoffPlan
 from churnseg.pipelines import stages
 from churnseg.pipelines.config import Config
-from churnseg.pipelines.publish import publish_scores
+from churnseg.pipelines.publish import (
+    publish_scores,
+    publish_segment_profiles,
+    target_from_config,
+)
 from churnseg.pipelines.stages import RunPaths
+
+if TYPE_CHECKING:
+    from churnseg.pipelines.monitor import MonitorOutcome
 
 # Caching keyed on config + input fingerprints arrives with resumable flows; until then every
 # run recomputes, which is always correct.
 
+# Only I/O tasks retry: reading sources and writing the database can fail transiently (a network
+# blip, a lock), while a deterministic computation that failed once fails again. Delays grow
+# 10 s, 20 s, 40 s (with jitter) so a briefly unavailable database gets time to recover. Bad data
+# or a missing file is not transient: ``retry_on_transient`` stops those at the first failure.
+IO_RETRIES = 3
+IO_RETRY_DELAYS = exponential_backoff(backoff_factor=10)
+# Timeouts are generous ceilings (several times the 1M-customer figures), meant to stop a hung
+# run, not to police a slow one.
+MINUTE = 60.0
+TIMEOUT_IO = 30 * MINUTE
+TIMEOUT_COMPUTE = 60 * MINUTE
+TIMEOUT_TRAIN = 120 * MINUTE
+TIMEOUT_LIGHT = 10 * MINUTE
 
-@task(name="extract", cache_policy=NONE)
+
+def is_transient(exc: BaseException) -> bool:
+    """Return whether an error (or the error it was raised from) may pass if tried again.
+
+    Connection drops, timeouts and database ``OperationalError``s (locks, restarts) qualify; the
+    project's errors about bad data or a missing file do not. Our error types re-raise database
+    errors ``from None`` to keep messages short, so the original is found in ``__context__``.
+    """
+    from sqlalchemy.exc import InterfaceError, OperationalError
+
+    seen: BaseException | None = exc
+    for _ in range(5):  # a short chain: ours -> driver's -> socket's
+        if seen is None:
+            return False
+        if isinstance(seen, ConnectionError | TimeoutError | OperationalError | InterfaceError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def retry_on_transient(task: Any, task_run: Any, state: State[Any]) -> bool:
+    """Prefect ``retry_condition_fn``: retry an I/O task only after a transient error."""
+    error = state.data
+    return isinstance(error, BaseException) and is_transient(error)
+
+
+@task(
+    name="extract",
+    cache_policy=NONE,
+    retries=IO_RETRIES,
+    retry_delay_seconds=IO_RETRY_DELAYS,
+    retry_condition_fn=retry_on_transient,
+    timeout_seconds=TIMEOUT_IO,
+)
 def extract(config: Config, paths: RunPaths) -> dict[str, int]:
     """Copy the sources into the run folder."""
     return stages.extract_stage(config, paths)
 
 
-@task(name="clean", cache_policy=NONE)
+@task(name="clean", cache_policy=NONE, timeout_seconds=TIMEOUT_COMPUTE)
 def clean(config: Config, paths: RunPaths) -> dict[str, stages.TableQuality]:
     """Clean and quarantine every table."""
     return stages.clean_stage(config, paths)
 
 
-@task(name="plan-cutoffs", cache_policy=NONE)
+@task(name="data-lineage", cache_policy=NONE, timeout_seconds=TIMEOUT_LIGHT)
+def lineage(paths: RunPaths, rows_read: dict[str, int]) -> dict[str, Any]:
+    """Log input fingerprints, row counts and the data's date range."""
+    return stages.data_lineage_stage(paths, rows_read)
+
+
+@task(name="plan-cutoffs", cache_policy=NONE, timeout_seconds=TIMEOUT_LIGHT)
 def plan(config: Config, paths: RunPaths) -> CutoffPlan:
     """Resolve the scoring, validation and training cutoffs."""
     return stages.resolve_plan(config, paths)
 
 
-@task(name="build-features", cache_policy=NONE)
+@task(name="build-features", cache_policy=NONE, timeout_seconds=TIMEOUT_COMPUTE)
 def features(config: Config, paths: RunPaths, cutoffs: CutoffPlan) -> dict[str, int]:
     """Build training, validation and scoring feature tables."""
     return stages.feature_stage(config, paths, cutoffs)
 
 
-@task(name="train-segmentation", cache_policy=NONE)
-def segmentation(config: Config, paths: RunPaths) -> stages.SegmentationOutcome:
-    """Fit, register and promote the segmentation model."""
-    return stages.segmentation_stage(config, paths)
+@task(name="train-segmentation", cache_policy=NONE, timeout_seconds=TIMEOUT_TRAIN)
+def segmentation(config: Config, paths: RunPaths, run_id: str) -> stages.SegmentationOutcome:
+    """Fit, match to the champion, name, register and promote the segmentation model."""
+    return stages.segmentation_stage(config, paths, run_id)
 
 
-@task(name="train-churn", cache_policy=NONE)
+@task(name="train-churn", cache_policy=NONE, timeout_seconds=TIMEOUT_TRAIN)
 def churn(config: Config, paths: RunPaths) -> stages.ChurnOutcome:
     """Fit, validate, register and promote the churn model."""
     return stages.churn_stage(config, paths)
 
 
-@task(name="score", cache_policy=NONE)
+@task(name="score", cache_policy=NONE, timeout_seconds=TIMEOUT_COMPUTE)
 def score(config: Config, features_path: Path, out_path: Path, run_id: str) -> int:
     """Score a feature table with the champion models."""
     return stages.score_stage(config, features_path, out_path, run_id)
 
 
-@task(name="publish", cache_policy=NONE)
+@task(name="score-partition", cache_policy=NONE, timeout_seconds=TIMEOUT_COMPUTE)
+def score_partition(
+    features_path: Path,
+    rows: tuple[int, int],
+    context: stages.ScoringContext,
+    part_path: Path,
+    batch_rows: int,
+) -> tuple[int, float]:
+    """Score one row range of a feature table into a part file (runs on a Dask worker)."""
+    from churnseg.pipelines.dask_scoring import score_rows
+
+    return score_rows(features_path, rows, context, part_path, batch_rows)
+
+
+@task(
+    name="publish",
+    cache_policy=NONE,
+    retries=IO_RETRIES,
+    retry_delay_seconds=IO_RETRY_DELAYS,
+    retry_condition_fn=retry_on_transient,
+    timeout_seconds=TIMEOUT_IO,
+)
 def publish(config: Config, scores_path: Path) -> int:
-    """Publish a scores file to the output table in one transaction."""
-    return publish_scores(scores_path, config.publish_url, config.publish.table)
+    """Publish a scores file to the customer scores table in one transaction."""
+    return publish_scores(scores_path, target_from_config(config))
+
+
+@task(
+    name="publish-segment-profiles",
+    cache_policy=NONE,
+    retries=IO_RETRIES,
+    retry_delay_seconds=IO_RETRY_DELAYS,
+    retry_condition_fn=retry_on_transient,
+    timeout_seconds=TIMEOUT_IO,
+)
+def publish_profiles(config: Config, profiles_path: Path) -> int:
+    """Publish a segment profiles file to the segment profiles table in one transaction."""
+    return publish_segment_profiles(profiles_path, target_from_config(config))
+
+
+@task(name="monitor-drift", cache_policy=NONE, timeout_seconds=TIMEOUT_COMPUTE)
+def monitor(config: Config, paths: RunPaths, data_end: date) -> MonitorOutcome:
+    """Measure feature, score and segment drift and calibration against the champion's run."""
+    from churnseg.pipelines import monitor as monitoring
+
+    return monitoring.monitor_stage(config, monitoring.reference_run(config), paths, data_end)
