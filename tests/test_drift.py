@@ -72,8 +72,12 @@ def test_severity_thresholds(value: float, expected: str) -> None:
     assert drift.severity(value, THRESHOLDS) == expected
 
 
+# No subnormals: quantile interpolation between values near 5e-324 rounds differently once
+# doubled, so scaling invariance holds only for normal floats (features never hold subnormals).
 floats = st.lists(
-    st.floats(-1e6, 1e6, allow_nan=False, allow_infinity=False), min_size=1, max_size=60
+    st.floats(-1e6, 1e6, allow_nan=False, allow_infinity=False, allow_subnormal=False),
+    min_size=1,
+    max_size=60,
 )
 shares = st.lists(st.floats(0.0, 1.0), min_size=2, max_size=8)
 
