@@ -26,6 +26,10 @@ def log_and_register(
     output: Any = None,
 ) -> int:
     """Log ``model`` to the active run, register it under ``name`` and return its version."""
+    # Integer feature columns may hold nulls in a later snapshot; MLflow's advice (and the
+    # warning it prints otherwise) is to declare them as doubles in the signature.
+    ints = [c for c in example.columns if pd.api.types.is_integer_dtype(example[c])]
+    example = example.astype(dict.fromkeys(ints, "float64"))
     signature = infer_signature(example, output)
     info = mlflow.sklearn.log_model(
         model,
