@@ -64,19 +64,7 @@ print(f"{len(scoring)} customers at the scoring cutoff, {len(validation)} at val
 # %%
 def fit_segments(cfg: Config, frame: pd.DataFrame):
     """Return the fitted segmentation pipeline of ``cfg.segmentation``."""
-    s = cfg.segmentation
-    return seg_model.segmentation_pipeline(
-        features=s.features,
-        scaler=s.scaler,
-        pca_components=s.pca_components,
-        k_min=s.k_min,
-        k_max=s.k_max,
-        min_segment_share=s.min_segment_share,
-        silhouette_sample=s.silhouette_sample,
-        n_init=s.n_init,
-        minibatch_above=s.minibatch_above,
-        random_state=s.random_state,
-    ).fit(frame)
+    return stages.segmentation_pipeline_from_config(cfg).fit(frame)
 
 
 VARIANTS = {

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from churnseg.pipelines.config import Config
-from churnseg.pipelines.sinks.schema import CUSTOMER_SCORES, conform_batch
+from churnseg.pipelines.sinks.schema import CUSTOMER_SCORES
 
 if TYPE_CHECKING:
     from prefect_dask import DaskTaskRunner
@@ -67,18 +67,10 @@ def score_rows(
     Returns:
         Rows scored and the sum of their churn probabilities.
     """
-    from churnseg.pipelines.stages import score_batch
+    from churnseg.pipelines.stages import score_batches_to_file
 
-    first_row, scored, proba_sum = rows[0], 0, 0.0
-    with pq.ParquetWriter(part_path, CUSTOMER_SCORES.arrow_schema()) as writer:
-        for batch in read_rows(features_path, rows[0], rows[1], batch_rows):
-            scores = score_batch(batch.to_pandas(), context)
-            arrow = pa.RecordBatch.from_pandas(scores, preserve_index=False)
-            writer.write_batch(conform_batch(arrow, CUSTOMER_SCORES, features_path.name, first_row))
-            first_row += batch.num_rows
-            scored += len(scores)
-            proba_sum += float(scores["churn_probability"].sum())
-    return scored, proba_sum
+    batches = read_rows(features_path, rows[0], rows[1], batch_rows)
+    return score_batches_to_file(batches, context, part_path, features_path.name, rows[0])
 
 
 def dask_task_runner(config: Config) -> DaskTaskRunner:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,6 +25,7 @@ from ibis.backends.duckdb import Backend as DuckDBBackend
 from mlflow import MlflowClient
 from numpy.typing import NDArray
 from sklearn.inspection import permutation_importance
+from sklearn.pipeline import Pipeline
 
 from churnseg.features.btyd import BTYD_FEATURES, SUMMARY, btyd_features
 from churnseg.features.build import build_features, resolve_levels
@@ -531,17 +533,10 @@ def segment_names(model_name: str, version: int) -> dict[int, str]:
     return {int(k): v for k, v in json.loads(tags.get(SEGMENT_NAMES_TAG, "{}")).items()}
 
 
-def segmentation_stage(config: Config, paths: RunPaths, run_id: str = "") -> SegmentationOutcome:
-    """Fit segmentation on the latest snapshot, keep ids stable, name, profile and register.
-
-    Segment ids and names follow the champion's where a new segment matches one of its segments
-    (Hungarian matching on centroids in the champion's space); the model becomes champion.
-    Writes ``segment_profiles.parquet`` (for publishing) and ``segment_migration.parquet``.
-    """
+def segmentation_pipeline_from_config(config: Config) -> Pipeline:
+    """Return the unfitted segmentation pipeline that ``config.segmentation`` describes."""
     s = config.segmentation
-    model_name = config.mlflow.segmentation_model
-    frame = pd.read_parquet(paths.features / "scoring.parquet")
-    pipeline = seg_model.segmentation_pipeline(
+    return seg_model.segmentation_pipeline(
         features=s.features,
         scaler=s.scaler,
         pca_components=s.pca_components,
@@ -552,7 +547,20 @@ def segmentation_stage(config: Config, paths: RunPaths, run_id: str = "") -> Seg
         n_init=s.n_init,
         minibatch_above=s.minibatch_above,
         random_state=s.random_state,
-    ).fit(frame)
+    )
+
+
+def segmentation_stage(config: Config, paths: RunPaths, run_id: str = "") -> SegmentationOutcome:
+    """Fit segmentation on the latest snapshot, keep ids stable, name, profile and register.
+
+    Segment ids and names follow the champion's where a new segment matches one of its segments
+    (Hungarian matching on centroids in the champion's space); the model becomes champion.
+    Writes ``segment_profiles.parquet`` (for publishing) and ``segment_migration.parquet``.
+    """
+    s = config.segmentation
+    model_name = config.mlflow.segmentation_model
+    frame = pd.read_parquet(paths.features / "scoring.parquet")
+    pipeline = segmentation_pipeline_from_config(config).fit(frame)
     km = pipeline[-1]
     match, keep = None, {}
     previous = find_champion(model_name)
@@ -982,6 +990,30 @@ def score_batch(frame: pd.DataFrame, context: ScoringContext) -> pd.DataFrame:
     )
 
 
+def score_batches_to_file(
+    batches: Iterable[pa.RecordBatch],
+    context: ScoringContext,
+    path: Path,
+    source: str,
+    first_row: int = 0,
+) -> tuple[int, float]:
+    """Score feature batches into a Parquet file of conformed ``customer_scores`` rows.
+
+    Returns:
+        Rows scored and the sum of their churn probabilities.
+    """
+    rows, proba_sum = 0, 0.0
+    with pq.ParquetWriter(path, CUSTOMER_SCORES.arrow_schema()) as writer:
+        for batch in batches:
+            scores = score_batch(batch.to_pandas(), context)
+            arrow = pa.RecordBatch.from_pandas(scores, preserve_index=False)
+            writer.write_batch(conform_batch(arrow, CUSTOMER_SCORES, source, first_row))
+            first_row += batch.num_rows
+            rows += len(scores)
+            proba_sum += float(scores["churn_probability"].sum())
+    return rows, proba_sum
+
+
 def score_stage(config: Config, features_path: Path, out_path: Path, run_id: str) -> int:
     """Score a feature table with the champion models in batches; write the scores file.
 
@@ -995,16 +1027,8 @@ def score_stage(config: Config, features_path: Path, out_path: Path, run_id: str
     context = scoring_context(config, run_id, features_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     partial = out_path.with_name(out_path.name + ".partial")
-    rows, proba_sum, first_row = 0, 0.0, 0
-    features = pq.ParquetFile(features_path)
-    with pq.ParquetWriter(partial, CUSTOMER_SCORES.arrow_schema()) as writer:
-        for batch in features.iter_batches(batch_size=config.publish.chunk_rows):
-            scores = score_batch(batch.to_pandas(), context)
-            arrow = pa.RecordBatch.from_pandas(scores, preserve_index=False)
-            writer.write_batch(conform_batch(arrow, CUSTOMER_SCORES, features_path.name, first_row))
-            first_row += batch.num_rows
-            rows += len(scores)
-            proba_sum += float(scores["churn_probability"].sum())
+    batches = pq.ParquetFile(features_path).iter_batches(batch_size=config.publish.chunk_rows)
+    rows, proba_sum = score_batches_to_file(batches, context, partial, features_path.name)
     partial.replace(out_path)
     metrics = {"rows_scored": float(rows)}
     if rows:
