@@ -9,14 +9,14 @@ import matplotlib
 
 matplotlib.use("Agg")  # headless: runs on servers and in CI without a display
 
-import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
 
 def k_selection_figure(scores: Sequence[dict[str, Any]], chosen: int) -> Figure:
     """Return silhouette, Calinski-Harabasz, Davies-Bouldin and smallest share against k."""
     ks = [r["k"] for r in scores]
-    fig, axes = plt.subplots(1, 4, figsize=(14, 3.2), constrained_layout=True)
+    fig = Figure(figsize=(14, 3.2), layout="constrained")
+    axes = fig.subplots(1, 4)
     panels = [
         ("silhouette", "silhouette (higher is better)"),
         ("calinski_harabasz", "Calinski-Harabasz (higher)"),
@@ -34,7 +34,8 @@ def k_selection_figure(scores: Sequence[dict[str, Any]], chosen: int) -> Figure:
 
 def reliability_figure(table: Any) -> Figure:
     """Return a reliability diagram: observed churn rate against mean predicted probability."""
-    fig, ax = plt.subplots(figsize=(4.5, 4.2), constrained_layout=True)
+    fig = Figure(figsize=(4.5, 4.2), layout="constrained")
+    ax = fig.subplots()
     ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfect")
     ax.plot(table["predicted"], table["observed"], marker="o", label="model")
     ax.set_xlabel("mean predicted churn probability")
@@ -47,7 +48,8 @@ def reliability_figure(table: Any) -> Figure:
 def importance_figure(importances: Any, top: int = 15) -> Figure:
     """Return a bar chart of permutation importance (drop in ROC AUC), most important on top."""
     head = importances.head(top).iloc[::-1]
-    fig, ax = plt.subplots(figsize=(6, 0.3 * len(head) + 1.2), constrained_layout=True)
+    fig = Figure(figsize=(6, 0.3 * len(head) + 1.2), layout="constrained")
+    ax = fig.subplots()
     ax.barh(head["feature"], head["importance"])
     ax.set_xlabel("drop in ROC AUC when shuffled")
     ax.set_title("permutation importance (validation cutoff)", fontsize=10)

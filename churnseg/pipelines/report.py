@@ -17,11 +17,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")  # headless: no display on servers
-
-import matplotlib.pyplot as plt
 import mlflow
 import numpy as np
 import pandas as pd
@@ -224,10 +219,9 @@ def collect_report_data(config: Config) -> ReportData:
 
 
 def figure_data_uri(fig: Figure) -> str:
-    """Return a figure as a PNG data URI (and close it)."""
+    """Return a figure as a PNG data URI."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=90)
-    plt.close(fig)
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
@@ -235,7 +229,8 @@ def segment_figure(profiles: pd.DataFrame) -> Figure:
     """Return customer share, revenue share and churn rate per segment."""
     labels = profiles.segment_name.astype(str).tolist()
     x = np.arange(len(labels))
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.6), constrained_layout=True)
+    fig = Figure(figsize=(11, 3.6), layout="constrained")
+    left, right = fig.subplots(1, 2)
     left.bar(x - 0.2, profiles["share"].astype(float), 0.4, label="customers")
     left.bar(x + 0.2, profiles["revenue_share"].astype(float), 0.4, label="revenue")
     left.set_title("share of customers and revenue", fontsize=10)
@@ -266,7 +261,8 @@ def lift_table(y: NDArray[np.float64], proba: NDArray[np.float64], bins: int = 1
 def performance_figure(performance: ModelPerformance) -> Figure:
     """Return ROC curve, lift by decile and the reliability diagram side by side."""
     y, p = performance.y, performance.proba
-    fig, (roc_ax, lift_ax, rel_ax) = plt.subplots(1, 3, figsize=(13, 3.8), constrained_layout=True)
+    fig = Figure(figsize=(13, 3.8), layout="constrained")
+    roc_ax, lift_ax, rel_ax = fig.subplots(1, 3)
     if len(np.unique(y)) > 1:
         fpr, tpr, _ = roc_curve(y, p)
         auc = performance.metrics.get("val_roc_auc", float("nan"))
@@ -293,7 +289,8 @@ def psi_figure(feature_psi: pd.DataFrame, thresholds: dict[str, float], top: int
     """Return PSI per feature (worst on top) with the moderate and major thresholds."""
     head = feature_psi.sort_values("psi", ascending=False).head(top).iloc[::-1]
     colors = head.severity.map({"major": "tab:red", "moderate": "tab:orange"}).fillna("tab:blue")
-    fig, ax = plt.subplots(figsize=(8, 0.28 * len(head) + 1.4), constrained_layout=True)
+    fig = Figure(figsize=(8, 0.28 * len(head) + 1.4), layout="constrained")
+    ax = fig.subplots()
     ax.barh(head.feature.astype(str), head.psi.astype(float), color=colors.tolist())
     ax.axvline(thresholds["moderate"], color="tab:orange", linestyle="--", linewidth=1)
     ax.axvline(thresholds["major"], color="tab:red", linestyle="--", linewidth=1)
