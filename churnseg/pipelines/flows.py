@@ -56,7 +56,7 @@ def score_flow(config_path: str | None = None, features_path: str | None = None)
             summary["quality"] = tasks.clean(config, paths)
             entry.rows_quarantined = sum(q.quarantined for q in summary["quality"].values())
             cutoffs = tasks.plan(config, paths)
-            tasks.features(config, paths, cutoffs)
+            tasks.features(config, paths, cutoffs, only=("scoring",))
             features_file = paths.features / "scoring.parquet"
         else:
             features_file = Path(features_path)
@@ -169,7 +169,7 @@ def monitor_flow(config_path: str | None = None, run_folder: str | None = None) 
             tasks.extract(config, paths)
             tasks.clean(config, paths)
             cutoffs = tasks.plan(config, paths)
-            tasks.features(config, paths, cutoffs)
+            tasks.features(config, paths, cutoffs, only=("scoring",))
         else:
             paths = stages.RunPaths(Path(run_folder))
             cutoffs = stages.resolve_plan(config, paths)

@@ -462,8 +462,18 @@ def _with_btyd(
     return params
 
 
-def feature_stage(config: Config, paths: RunPaths, plan: CutoffPlan) -> dict[str, int]:
+FEATURE_TABLES = ("train", "validation", "scoring")
+
+
+def feature_stage(
+    config: Config,
+    paths: RunPaths,
+    plan: CutoffPlan,
+    only: tuple[str, ...] = FEATURE_TABLES,
+) -> dict[str, int]:
     """Write training, validation and scoring feature tables; return their row counts.
+
+    ``only`` limits the build to some of them (scoring alone needs no stacked training cutoffs).
 
     Features come from every clean table present (``features.build_features``); channels and
     event types are resolved once at the scoring cutoff so the three tables share columns. BG/NBD
@@ -478,13 +488,14 @@ def feature_stage(config: Config, paths: RunPaths, plan: CutoffPlan) -> dict[str
     }
     settings = resolve_levels(tables, plan.scoring, config.features)
     h = plan.horizon_days
-    exprs = {
-        "train": build_training_set(tables, plan.training, settings, h),
-        "validation": labelled_snapshot(tables, plan.validation, settings, h),
-        "scoring": build_features(tables, plan.scoring, settings).mutate(
+    builders = {
+        "train": lambda: build_training_set(tables, plan.training, settings, h),
+        "validation": lambda: labelled_snapshot(tables, plan.validation, settings, h),
+        "scoring": lambda: build_features(tables, plan.scoring, settings).mutate(
             **{SNAPSHOT: snapshot_literal(plan.scoring)}
         ),
     }
+    exprs = {name: build() for name, build in builders.items() if name in only}
     counts = {}
     params: dict[str, float] = {}
     for name, expr in exprs.items():

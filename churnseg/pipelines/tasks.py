@@ -98,9 +98,14 @@ def plan(config: Config, paths: RunPaths) -> CutoffPlan:
 
 
 @task(name="build-features", cache_policy=NONE, timeout_seconds=TIMEOUT_COMPUTE)
-def features(config: Config, paths: RunPaths, cutoffs: CutoffPlan) -> dict[str, int]:
-    """Build training, validation and scoring feature tables."""
-    return stages.feature_stage(config, paths, cutoffs)
+def features(
+    config: Config,
+    paths: RunPaths,
+    cutoffs: CutoffPlan,
+    only: tuple[str, ...] = stages.FEATURE_TABLES,
+) -> dict[str, int]:
+    """Build the feature tables named in ``only`` (default: training, validation and scoring)."""
+    return stages.feature_stage(config, paths, cutoffs, only)
 
 
 @task(name="train-segmentation", cache_policy=NONE, timeout_seconds=TIMEOUT_TRAIN)
