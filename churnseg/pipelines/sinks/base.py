@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import pyarrow as pa
 
-from churnseg.pipelines.sinks.schema import TableSpec
+from churnseg.pipelines.sinks.schema import TableSpec, quote
 
 Progress = Callable[[int], None]
 """Called with the number of rows written so far, after each batch."""
@@ -26,6 +26,43 @@ class Retention:
 
     keep: int
     newest_by: str | None = None
+
+
+def apply_retention(
+    execute: Callable[[str, tuple[Any, ...]], Any],
+    table: str,
+    part: str,
+    retention: Retention,
+    mark: str,
+) -> None:
+    """Delete all but the newest ``retention.keep`` partitions, inside the caller's transaction.
+
+    Args:
+        execute: Runs one statement with parameters and returns a cursor (``sqlite3``
+            connection's or psycopg cursor's ``execute``).
+        table: Quoted (and qualified) table name.
+        part: Quoted partition column.
+        retention: How many partitions to keep and how to order them.
+        mark: The driver's parameter placeholder (``?`` or ``%s``).
+    """
+    if retention.newest_by is None:
+        # Walk the partition index from the top: one seek per snapshot, no table scan.
+        newest = execute(
+            f"WITH RECURSIVE newest(k) AS (SELECT MAX({part}) FROM {table} UNION ALL "
+            f"SELECT (SELECT MAX({part}) FROM {table} WHERE {part} < newest.k) "
+            f"FROM newest WHERE newest.k IS NOT NULL) "
+            f"SELECT k FROM newest WHERE k IS NOT NULL LIMIT {mark}",
+            (retention.keep,),
+        ).fetchall()
+        if len(newest) == retention.keep:
+            execute(f"DELETE FROM {table} WHERE {part} < {mark}", (newest[-1][0],))
+        return
+    order = quote(retention.newest_by)
+    execute(
+        f"DELETE FROM {table} WHERE {part} NOT IN (SELECT {part} FROM {table} "
+        f"GROUP BY {part} ORDER BY MAX({order}) DESC LIMIT {mark})",
+        (retention.keep,),
+    )
 
 
 class Sink(Protocol):

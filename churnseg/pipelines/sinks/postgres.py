@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from churnseg.pipelines.sinks.base import Progress, Retention
+from churnseg.pipelines.sinks.base import Progress, Retention, apply_retention
 from churnseg.pipelines.sinks.schema import (
     SCHEMA_VERSION,
     VERSION_TABLE,
@@ -172,31 +172,8 @@ class PostgresSink:
                 cur.execute(f"DELETE FROM {table} WHERE {part} = ANY(%s)", (key_values,))
             cur.execute(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM {stage}")
             if retention is not None:
-                self._apply_retention(cur, table, part, retention)
+                apply_retention(cur.execute, table, part, retention, "%s")
         return written
-
-    def _apply_retention(
-        self, cur: psycopg.Cursor[Any], table: str, part: str, retention: Retention
-    ) -> None:
-        if retention.newest_by is None:
-            # Walk the partition index from the top: one seek per snapshot, no table scan.
-            cur.execute(
-                f"WITH RECURSIVE newest(k) AS (SELECT MAX({part}) FROM {table} UNION ALL "
-                f"SELECT (SELECT MAX({part}) FROM {table} WHERE {part} < newest.k) "
-                f"FROM newest WHERE newest.k IS NOT NULL) "
-                f"SELECT k FROM newest WHERE k IS NOT NULL LIMIT %s",
-                (retention.keep,),
-            )
-            newest = cur.fetchall()
-            if len(newest) == retention.keep:
-                cur.execute(f"DELETE FROM {table} WHERE {part} < %s", (newest[-1][0],))
-            return
-        order = quote(retention.newest_by)
-        cur.execute(
-            f"DELETE FROM {table} WHERE {part} NOT IN (SELECT {part} FROM {table} "
-            f"GROUP BY {part} ORDER BY MAX({order}) DESC LIMIT %s)",
-            (retention.keep,),
-        )
 
     def upsert(self, spec: TableSpec, batch: pa.RecordBatch) -> None:
         """Insert ``batch``, replacing rows with the same primary key, in one transaction."""

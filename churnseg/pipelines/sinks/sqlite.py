@@ -18,7 +18,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from churnseg.pipelines.sinks.base import Progress, Retention
+from churnseg.pipelines.sinks.base import Progress, Retention, apply_retention
 from churnseg.pipelines.sinks.schema import (
     SCHEMA_VERSION,
     VERSION_TABLE,
@@ -138,30 +138,8 @@ class SqliteSink:
                 if progress is not None:
                     progress(written)
             if retention is not None:
-                self._apply_retention(con, table, part, retention)
+                apply_retention(con.execute, table, part, retention, "?")
         return written
-
-    def _apply_retention(
-        self, con: sqlite3.Connection, table: str, part: str, retention: Retention
-    ) -> None:
-        if retention.newest_by is None:
-            # Walk the partition index from the top: one seek per snapshot, no table scan.
-            newest = con.execute(
-                f"WITH RECURSIVE newest(k) AS (SELECT MAX({part}) FROM {table} UNION ALL "
-                f"SELECT (SELECT MAX({part}) FROM {table} WHERE {part} < newest.k) "
-                f"FROM newest WHERE newest.k IS NOT NULL) "
-                f"SELECT k FROM newest WHERE k IS NOT NULL LIMIT ?",
-                (retention.keep,),
-            ).fetchall()
-            if len(newest) == retention.keep:
-                con.execute(f"DELETE FROM {table} WHERE {part} < ?", (newest[-1][0],))
-            return
-        order = quote(retention.newest_by)
-        con.execute(
-            f"DELETE FROM {table} WHERE {part} NOT IN (SELECT {part} FROM {table} "
-            f"GROUP BY {part} ORDER BY MAX({order}) DESC LIMIT ?)",
-            (retention.keep,),
-        )
 
     def upsert(self, spec: TableSpec, batch: pa.RecordBatch) -> None:
         """Insert ``batch``, replacing rows with the same primary key, in one transaction."""
