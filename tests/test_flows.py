@@ -70,6 +70,8 @@ def test_retrain_registers_both_champions(retrained: dict[str, Any], flow_config
     ]:
         version = client.get_model_version_by_alias(name, "champion")
         assert int(version.version) == retrained[key], name
+        audit = [k for k in version.tags if k.startswith("audit.")]
+        assert audit, f"{name}: the promotion is recorded, so it can be rolled back"
     run = client.get_run(retrained["mlflow_run_id"])
     assert run.data.metrics["val_roc_auc"] == pytest.approx(retrained["val_roc_auc"])
     assert retrained["val_roc_auc"] > 0.6, "the sample's churn mechanism gives real signal"

@@ -46,11 +46,6 @@ def log_and_register(
     return int(version)
 
 
-def set_champion(name: str, version: int) -> None:
-    """Point the ``champion`` alias of ``name`` at ``version``."""
-    MlflowClient().set_registered_model_alias(name, CHAMPION, str(version))
-
-
 def champion_version(name: str) -> int:
     """Return the version the ``champion`` alias of ``name`` points at."""
     return int(MlflowClient().get_model_version_by_alias(name, CHAMPION).version)

@@ -16,7 +16,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import mlflow
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -100,7 +99,7 @@ def score_stage_on_dask(config: Config, features_path: Path, out_path: Path, run
         Rows scored.
     """
     from churnseg.pipelines import tasks
-    from churnseg.pipelines.stages import scoring_context
+    from churnseg.pipelines.stages import log_scoring_metrics, scoring_context
 
     context = scoring_context(config, run_id, features_path)
     n_rows = pq.ParquetFile(features_path).metadata.num_rows
@@ -124,10 +123,7 @@ def score_stage_on_dask(config: Config, features_path: Path, out_path: Path, run
     finally:
         shutil.rmtree(parts_dir, ignore_errors=True)
     rows = sum(r for r, _ in results)
-    metrics = {"rows_scored": float(rows), "score_partitions": float(len(ranges))}
-    if rows:
-        metrics["mean_churn_probability"] = sum(p for _, p in results) / rows
-    mlflow.log_metrics(metrics)
+    log_scoring_metrics(rows, sum(p for _, p in results), score_partitions=float(len(ranges)))
     return rows
 
 

@@ -87,7 +87,6 @@ from churnseg.models.registry import (
     log_and_register,
     promote,
     record_rejection,
-    set_champion,
     version_tags,
 )
 from churnseg.pipelines.config import Config, SourceConfig, config_as_dict
@@ -612,7 +611,7 @@ def segmentation_stage(config: Config, paths: RunPaths, run_id: str = "") -> Seg
     MlflowClient().set_model_version_tag(
         model_name, str(version), SEGMENT_NAMES_TAG, json.dumps(names)
     )
-    set_champion(model_name, version)
+    promote(model_name, version, "segmentation follows every retrain; ids and names are matched")
 
     snapshot = str(frame[SNAPSHOT].iloc[0]) if len(frame) else ""
     profile_json = profiles[columns].apply(lambda r: json.dumps(r.to_dict()), axis=1)
@@ -853,15 +852,21 @@ def expected_value(frame: pd.DataFrame, horizon_days: int) -> NDArray[np.float64
 
 
 def _risk_ranking(
-    model: Any, frame: pd.DataFrame, proba: NDArray[np.float64], value: NDArray[np.float64], by: str
+    model: Any,
+    frame: pd.DataFrame,
+    proba: NDArray[np.float64] | None,
+    value: NDArray[np.float64],
+    by: str,
 ) -> pd.Series:
     """Return what the retention list is ordered by: value at risk, or churn risk.
 
     Churn risk is ranked by the uncalibrated model's score: it orders customers exactly as the
     calibrated probability does, but without the ties isotonic calibration creates, so "top
-    10%" is 10% of customers.
+    10%" is 10% of customers. ``proba`` (calibrated) is needed only for value at risk.
     """
     if by == "value_at_risk":
+        if proba is None:
+            raise ValueError("ranking by value at risk needs churn probabilities")
         return pd.Series(proba * value, index=frame.index)
     return pd.Series(churn_model.churn_probability(model, frame), index=frame.index)
 
@@ -899,7 +904,10 @@ def scoring_context(config: Config, run_id: str, features_path: Path) -> Scoring
     values, rankings = [], []
     for batch in pq.ParquetFile(features_path).iter_batches(batch_size=config.publish.chunk_rows):
         frame = batch.to_pandas()
-        proba = churn_model.churn_probability(classifier, frame)
+        # Calibrated probabilities only when the ranking needs them (value at risk).
+        proba = (
+            churn_model.churn_probability(classifier, frame) if rank_by == "value_at_risk" else None
+        )
         values.append(frame[cls.value_column].astype("float64").fillna(0.0).to_numpy())
         ranking = _risk_ranking(explainer, frame, proba, expected_value(frame, horizon), rank_by)
         rankings.append(ranking.to_numpy())
@@ -1041,11 +1049,16 @@ def score_stage(config: Config, features_path: Path, out_path: Path, run_id: str
     batches = pq.ParquetFile(features_path).iter_batches(batch_size=config.publish.chunk_rows)
     rows, proba_sum = score_batches_to_file(batches, context, partial, features_path.name)
     partial.replace(out_path)
-    metrics = {"rows_scored": float(rows)}
+    log_scoring_metrics(rows, proba_sum)
+    return rows
+
+
+def log_scoring_metrics(rows: int, proba_sum: float, **extra: float) -> None:
+    """Log rows scored and their mean churn probability (plus ``extra``) to the active run."""
+    metrics = {"rows_scored": float(rows), **extra}
     if rows:
         metrics["mean_churn_probability"] = proba_sum / rows
     mlflow.log_metrics(metrics)
-    return rows
 
 
 def log_lineage(config: Config) -> None:
