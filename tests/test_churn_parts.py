@@ -103,3 +103,36 @@ def test_promote_rollback_and_history(tracking: str) -> None:
     assert events == [(v1, "promoted"), (v2, "promoted"), (v1, "rollback")]
     reg.record_rejection("m", v2, "worse", {"val_roc_auc": 0.5})
     assert reg.promotion_history("m")[-1]["event"] == "rejected"
+
+
+@pytest.mark.parametrize("candidate", ["hgb", "logreg"])
+def test_prepared_attributions_equal_plain_occlusion(candidate: str) -> None:
+    """The prepare-once path gives the plain method's numbers (and 0 at the reference)."""
+    from churnseg.models import churn as churn_model
+
+    rng = np.random.default_rng(1)
+    n = 400
+    X = pd.DataFrame(
+        {
+            "a": rng.normal(size=n),
+            "b": rng.integers(0, 3, n).astype(float),  # mostly at its median: skipped rows
+            "c": np.where(rng.random(n) < 0.1, np.nan, rng.gamma(2.0, 3.0, n)),
+            "region": rng.choice(["north", "south", "west"], n),
+        }
+    )
+    y = ((X.a + X.b - X.c.fillna(0) / 3 + rng.normal(size=n)) > 0).astype(int)
+    spec = churn_model.FeatureSpec(["a", "b", "c"], ["region"])
+    grid = churn_model.PARAM_GRIDS[candidate][0]
+    if candidate == "hgb":
+        grid = {**grid, "max_iter": 20, "min_samples_leaf": 10}
+    model = churn_model.candidate_pipeline(candidate, spec, grid).fit(X, y)
+    ref = reasons.reference_values(X, ["a", "b", "c"])
+    assert reasons._PreparedRows.build(model, X, ["a", "b", "c"], ref) is not None
+    fast = reasons.attributions(model, X, ["a", "b", "c"], ref)
+    base = reasons._logit(model.predict_proba(X)[:, 1])
+    for col in ["a", "b", "c"]:
+        probe = X.copy()
+        probe[col] = ref[col]
+        plain = base - reasons._logit(model.predict_proba(probe)[:, 1])
+        np.testing.assert_allclose(fast[col], plain, rtol=1e-7, atol=1e-9)
+    assert (fast["b"][X.b == ref["b"]] == 0).all()

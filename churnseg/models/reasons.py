@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from functools import lru_cache, partial
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
+from sklearn.compose import ColumnTransformer
+from sklearn.pipeline import Pipeline
 
 _EPS = 1e-6
 
@@ -44,26 +47,134 @@ def reference_values(frame: pd.DataFrame, columns: Sequence[str]) -> dict[str, A
 
 
 def attributions(
-    model: Any, frame: pd.DataFrame, columns: Sequence[str], reference: Mapping[str, Any]
+    model: Any,
+    frame: pd.DataFrame,
+    columns: Sequence[str],
+    reference: Mapping[str, Any],
+    base: NDArray[np.float64] | None = None,
 ) -> pd.DataFrame:
     """Return the occlusion attribution of each feature in ``columns`` for each row.
+
+    Two exact shortcuts keep this affordable on millions of rows: a row whose value already is
+    the reference gets 0 without predicting (the probe would equal the row), and for a
+    ``Pipeline(ColumnTransformer, estimator)`` whose transformer maps a feature to one output
+    column, the rows are prepared once and only that column is replaced before predicting
+    (checked against the plain method on the first rows; on any difference the plain method
+    runs).
 
     Args:
         model: Fitted classifier with ``predict_proba`` over the feature table's columns.
         frame: Rows to explain (all model inputs present).
         columns: Features to attribute (e.g. the most important ones).
         reference: Typical value per feature (see :func:`reference_values`).
+        base: ``model``'s P(churn) of ``frame`` when the caller has it already.
     """
     inputs = list(getattr(model, "feature_names_in_", frame.columns))
-    base = _logit(model.predict_proba(frame[inputs])[:, 1])
-    out = {}
-    for col in columns:
-        probe = frame[inputs].copy()
+    data = frame[inputs]
+    if base is None:
+        base = np.asarray(model.predict_proba(data)[:, 1], dtype=np.float64)
+    base_logit = _logit(base)
+    prepared = _PreparedRows.build(model, data, columns, reference)
+    if prepared is not None:
+        head = data.iloc[: min(len(data), 64)]
+        plain = _occlude_plain(model, head, columns, reference, base_logit[: len(head)])
+        fast = prepared.occlude(columns, base_logit, rows=len(head))
+        if not np.allclose(plain, fast, rtol=1e-7, atol=1e-9, equal_nan=True):
+            prepared = None  # a transformer that is not column-wise after all
+    if prepared is not None:
+        values = prepared.occlude(columns, base_logit)
+    else:
+        values = _occlude_plain(model, data, columns, reference, base_logit)
+    return pd.DataFrame(values, index=frame.index, columns=list(columns))
+
+
+def _differs(values: NDArray[Any], ref: Any) -> NDArray[np.bool_]:
+    """Return which values are not the reference (missing values always differ)."""
+    same = pd.Series(values).eq(ref).fillna(False).to_numpy(dtype=bool)
+    return ~same
+
+
+def _occlude_plain(
+    model: Any,
+    data: pd.DataFrame,
+    columns: Sequence[str],
+    reference: Mapping[str, Any],
+    base_logit: NDArray[np.float64],
+) -> NDArray[np.float64]:
+    """Occlude each column on the raw frame; rows already at the reference get 0."""
+    out = np.zeros((len(data), len(columns)), dtype=np.float64)
+    for i, col in enumerate(columns):
+        rows = _differs(data[col].to_numpy(), reference[col])
+        if not rows.any():
+            continue
+        probe = data[rows].copy()
         probe[col] = pd.Series([reference[col]] * len(probe), index=probe.index).astype(
             probe[col].dtype, errors="ignore"
         )
-        out[col] = base - _logit(model.predict_proba(probe)[:, 1])
-    return pd.DataFrame(out, index=frame.index)
+        out[rows, i] = base_logit[rows] - _logit(model.predict_proba(probe)[:, 1])
+    return out
+
+
+@dataclass(frozen=True)
+class _PreparedRows:
+    """Rows through a pipeline's column transformer once, with the reference row beside them."""
+
+    estimator: Any
+    matrix: NDArray[np.float64]
+    reference_row: NDArray[np.float64]
+    position: dict[str, int]
+
+    @classmethod
+    def build(
+        cls, model: Any, data: pd.DataFrame, columns: Sequence[str], reference: Mapping[str, Any]
+    ) -> _PreparedRows | None:
+        """Return the prepared rows, or None when ``model`` is not a column-wise pipeline."""
+        if not (isinstance(model, Pipeline) and len(model) == 2 and len(data)):
+            return None
+        prep = model[0]
+        if not isinstance(prep, ColumnTransformer):
+            return None
+        position: dict[str, int] = {}
+        for name, _, cols in prep.transformers_:
+            span = prep.output_indices_.get(name, slice(0, 0))
+            names = [c for c in np.atleast_1d(cols) if isinstance(c, str)]
+            if names and len(names) == len(np.atleast_1d(cols)) == span.stop - span.start:
+                position |= {c: span.start + k for k, c in enumerate(names)}
+        if not all(c in position for c in columns):
+            return None
+        ref_frame = data.iloc[:1].copy()
+        for col in columns:
+            ref_frame[col] = pd.Series([reference[col]], index=ref_frame.index).astype(
+                ref_frame[col].dtype, errors="ignore"
+            )
+        matrix = prep.transform(data)
+        reference_row = prep.transform(ref_frame)
+        if not isinstance(matrix, np.ndarray):  # sparse output: keep the plain method
+            return None
+        return cls(
+            model[-1],
+            np.asarray(matrix, dtype=np.float64),
+            np.asarray(reference_row, dtype=np.float64)[0],
+            position,
+        )
+
+    def occlude(
+        self, columns: Sequence[str], base_logit: NDArray[np.float64], rows: int | None = None
+    ) -> NDArray[np.float64]:
+        """Return attributions of the first ``rows`` rows (all by default)."""
+        matrix = self.matrix if rows is None else self.matrix[:rows]
+        out = np.zeros((len(matrix), len(columns)), dtype=np.float64)
+        for i, col in enumerate(columns):
+            j = self.position[col]
+            ref = self.reference_row[j]
+            differs = ~(matrix[:, j] == ref)  # NaN compares unequal: missing values differ
+            if not differs.any():
+                continue
+            probe = matrix[differs]
+            probe[:, j] = ref
+            occluded = self.estimator.predict_proba(probe)[:, 1]
+            out[differs, i] = base_logit[: len(matrix)][differs] - _logit(occluded)
+        return out
 
 
 Phrase = Callable[[float, float, Mapping[str, Any]], str]

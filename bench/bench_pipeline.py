@@ -1,0 +1,410 @@
+"""End-to-end benchmark: wall time and peak memory of every pipeline stage, per customer count.
+
+For each size the sample generator writes the bundled sample's four tables (about 20 transaction
+lines and 10 events per customer, 1% dirty rows), once, into ``--cache``. Then every stage runs
+in a fresh process of its own, in pipeline order, against one throwaway MLflow store, so each
+peak RSS is that stage's alone:
+
+  extract + clean, features (cutoff plan, training/validation/scoring tables, BG/NBD),
+  k selection + k-means (segmentation stage), churn training with validation (search,
+  calibration, backtest, baselines), scoring, publishing to SQLite and to PostgreSQL.
+
+Reference figures from the same run, on the same data and matrices:
+  - a hand-written DuckDB SQL query for the RFM subset against ``rfm_features`` (Ibis);
+  - scikit-learn ``KMeans`` at the chosen k on the segmentation matrix, and
+    ``HistGradientBoostingClassifier`` with the chosen parameters on the training matrix,
+    fitted directly, against the whole segmentation and churn stages.
+With ``--end-to-end`` the retrain flow (what ``churnseg run`` runs: every stage above plus
+Prefect and MLflow bookkeeping) also runs in one process, the figure the targets are about.
+
+Targets at 1M customers (issue 10): retrain + score + publish <= 10 min and <= 6 GB peak;
+score + publish <= 2 min; cost growing no worse than linearly from 100k to 1M.
+
+Example: python bench/bench_pipeline.py --sizes 100000 1000000 --end-to-end
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+MB = 1024 * 1024
+PG_URL = os.environ.get("CHURNSEG_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+# Stages in pipeline order: each reads what the one before wrote into the run folder.
+STAGES = (
+    "extract+clean",
+    "features",
+    "segmentation",
+    "churn",
+    "scoring",
+    "publish-sqlite",
+    "publish-postgres",
+)
+
+
+def _peak_rss_mb() -> float:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / MB if sys.platform == "darwin" else peak / 1024
+
+
+def _load() -> str:
+    return " ".join(f"{v:.1f}" for v in os.getloadavg())
+
+
+def bench_environ(work: Path, sample_dir: Path, customers: int, pg: bool) -> dict[str, str]:
+    """Return the ``CHURNSEG__`` overrides of one benchmark run (default config otherwise)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHURNSEG__")}
+    tables = ("customers", "transactions", "events", "subscriptions")
+    env |= {
+        f"CHURNSEG__SOURCES__{t.upper()}__PATH": str(sample_dir / f"{t}.parquet") for t in tables
+    }
+    env |= {
+        "CHURNSEG__STATE_DIR": str(work),
+        "CHURNSEG__SAMPLE__CUSTOMERS": str(customers),
+        "CHURNSEG__SAMPLE__ENABLED": "false",
+        "CHURNSEG__MLFLOW__TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}",
+        "CHURNSEG__MLFLOW__ARTIFACT_LOCATION": str(work / "mlartifacts"),
+        "CHURNSEG__PUBLISH__URL": PG_URL if pg else f"sqlite:///{work / 'scores.db'}",
+    }
+    if pg:  # its own tables, so a benchmark never touches a real deployment's
+        env |= {
+            "CHURNSEG__PUBLISH__TABLE": "bench_customer_scores",
+            "CHURNSEG__PUBLISH__SEGMENT_PROFILES_TABLE": "bench_segment_profiles",
+            "CHURNSEG__PUBLISH__QUARANTINE_TABLE": "bench_data_quarantine",
+            "CHURNSEG__PUBLISH__RUNS_TABLE": "bench_pipeline_runs",
+        }
+    return env
+
+
+def ensure_sample(cache: Path, customers: int, seed: int) -> Path:
+    """Generate the sample once per size and seed (the generator's default shape)."""
+    from churnseg.pipelines.sample import SampleSpec, write_sample
+
+    folder = cache / f"pipeline_{customers}_{seed}"
+    if not (folder / "manifest.json").exists():
+        write_sample(SampleSpec(customers=customers, seed=seed, dirty_fraction=0.01), folder)
+    return folder
+
+
+def _quiet() -> None:
+    # OMP_NUM_THREADS is left as the caller set it: unset, scikit-learn uses every core, as
+    # `churnseg run` does; OMP_NUM_THREADS=1 gives the single-thread figures.
+    for key, value in {
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "MLFLOW_LOGGING_LEVEL": "WARNING",
+        "PREFECT_LOGGING_LEVEL": "WARNING",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "true",
+    }.items():
+        os.environ.setdefault(key, value)
+    import warnings
+
+    warnings.filterwarnings("ignore")
+
+
+def run_stage(stage: str, env: dict[str, str], run_folder: str, run_id: str) -> dict[str, Any]:
+    """Run one stage in this (fresh) process; return its wall time, peak RSS and figures."""
+    os.environ.clear()
+    os.environ.update(env)
+    _quiet()
+    import mlflow
+
+    from churnseg.pipelines import stages
+    from churnseg.pipelines.config import load_config
+    from churnseg.pipelines.publish import publish_scores, target_from_config
+
+    config = load_config()
+    stages.configure_mlflow(config)
+    paths = stages.RunPaths(Path(run_folder))
+    out: dict[str, Any] = {}
+    with mlflow.start_run(run_id=run_id):
+        began = time.perf_counter()
+        if stage == "extract+clean":
+            out["rows_read"] = sum(stages.extract_stage(config, paths).values())
+            quality = stages.clean_stage(config, paths)
+            out["rows_quarantined"] = sum(q.quarantined for q in quality.values())
+        elif stage == "features":
+            plan = stages.resolve_plan(config, paths)
+            out["rows"] = stages.feature_stage(config, paths, plan)
+        elif stage == "segmentation":
+            seg = stages.segmentation_stage(config, paths, run_id)
+            out["k"] = seg.k
+        elif stage == "churn":
+            churn = stages.churn_stage(config, paths)
+            out["val_roc_auc"] = round(churn.metrics["val_roc_auc"], 4)
+            out["val_ece"] = round(churn.metrics["val_ece"], 4)
+            out["candidate"] = churn.candidate
+        elif stage == "scoring":
+            out["rows"] = stages.score_stage(
+                config, paths.features / "scoring.parquet", paths.scores, run_id
+            )
+        elif stage.startswith("publish"):
+            out["rows"] = publish_scores(paths.scores, target_from_config(config))
+        else:
+            raise ValueError(stage)
+        out["seconds"] = time.perf_counter() - began
+    out["peak_rss_mb"] = _peak_rss_mb()
+    return out
+
+
+def run_reference(kind: str, env: dict[str, str], run_folder: str, run_id: str) -> dict[str, Any]:
+    """Fit the bare library on the stage's own matrix (fresh process); return its figures."""
+    os.environ.clear()
+    os.environ.update(env)
+    _quiet()
+    import mlflow
+    import pandas as pd
+
+    from churnseg.pipelines import stages
+    from churnseg.pipelines.config import load_config
+
+    config = load_config()
+    stages.configure_mlflow(config)
+    paths = stages.RunPaths(Path(run_folder))
+    params = mlflow.get_run(run_id).data.params
+    out: dict[str, Any] = {}
+    if kind == "kmeans":
+        frame = pd.read_parquet(paths.features / "scoring.parquet")
+        pipeline = stages.segmentation_pipeline_from_config(config)
+        # The stage's own clustering space (inputs, signed log, scaling) ...
+        matrix = pipeline[:-1].fit_transform(frame)
+        k = int(params["segmentation_k"])
+        # ... and the estimator the stage fits at this size (KMeans, or MiniBatchKMeans above
+        # segmentation.minibatch_above rows), once, at the chosen k.
+        estimator = pipeline[-1]._estimator(k, len(matrix))
+        began = time.perf_counter()
+        estimator.fit(matrix)
+        out["seconds"] = time.perf_counter() - began
+        out["shape"] = matrix.shape
+        out["estimator"] = type(estimator).__name__
+    elif kind == "hgb":
+        from churnseg.models import churn as churn_model
+
+        c = config.churn
+        train = stages.at_risk_population(
+            pd.read_parquet(paths.features / "train.parquet"), c.population_max_recency_days
+        )
+        spec = churn_model.feature_spec(train)
+        # The rows the final model fits on (all but the last training cutoff), through the
+        # candidate's own column preparation, so only the booster's fit is timed.
+        early, _ = churn_model.split_last_cutoff(train)
+        chosen = params["churn_candidate"]
+        grid = (
+            json.loads(params["churn_params"])
+            if chosen == "hgb"
+            else churn_model.PARAM_GRIDS["hgb"][0]
+        )
+        pipeline = churn_model.candidate_pipeline("hgb", spec, grid, c.random_state)
+        matrix = pipeline["prep"].fit_transform(early[spec.columns])
+        label = early[churn_model.LABEL].to_numpy()
+        began = time.perf_counter()
+        pipeline["model"].fit(matrix, label)
+        out["seconds"] = time.perf_counter() - began
+        out["shape"] = matrix.shape
+        out["candidate"] = chosen
+    elif kind in ("rfm_ibis", "rfm_sql"):
+        sys.path.insert(0, str(Path(__file__).parent))
+        from bench_features import AS_OF, rfm_sql
+
+        from churnseg.features.behaviour import rfm_features
+        from churnseg.pipelines.config import FeatureConfig
+        from churnseg.pipelines.sources import connect_engine
+
+        con = connect_engine()
+        clean = paths.clean
+        target = str(Path(run_folder) / f"{kind}.parquet")
+        windows = FeatureConfig().windows
+        began = time.perf_counter()
+        if kind == "rfm_ibis":
+            tx = con.read_parquet(clean / "transactions.parquet")
+            cu = con.read_parquet(clean / "customers.parquet")
+            con.to_parquet(rfm_features(tx, cu, AS_OF, windows), target)
+        else:
+            con.raw_sql(f"COPY ({rfm_sql(clean, windows)}) TO '{target}' (FORMAT parquet)")
+        out["seconds"] = time.perf_counter() - began
+    else:
+        raise ValueError(kind)
+    out["peak_rss_mb"] = _peak_rss_mb()
+    return out
+
+
+def run_flow(kind: str, env: dict[str, str], features_path: str) -> dict[str, Any]:
+    """Run a whole flow in this (fresh) process: ``retrain`` (= ``churnseg run``) or ``score``."""
+    os.environ.clear()
+    os.environ.update(env)
+    _quiet()
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    from churnseg.pipelines.flows import retrain_flow, score_flow
+
+    began = time.perf_counter()
+    if kind == "retrain":
+        summary = retrain_flow()
+    elif kind == "score":
+        summary = score_flow(features_path=features_path)
+    else:
+        raise ValueError(kind)
+    return {
+        "seconds": time.perf_counter() - began,
+        "peak_rss_mb": _peak_rss_mb(),
+        "rows_published": summary["rows_published"],
+        "val_roc_auc": summary.get("val_roc_auc"),
+    }
+
+
+def in_fresh_process(fn: Any, *args: Any) -> dict[str, Any]:
+    """Call ``fn(*args)`` in a fresh spawned process (its own peak RSS, no warm caches)."""
+    with mp.get_context("spawn").Pool(1, maxtasksperchild=1) as pool:
+        return pool.apply(fn, args)
+
+
+def new_run(env: dict[str, str]) -> str:
+    """Create the MLflow run every stage process of one size logs into; return its id."""
+    saved = dict(os.environ)
+    os.environ.update(env)
+    try:
+        import mlflow
+
+        from churnseg.pipelines import stages
+        from churnseg.pipelines.config import load_config
+
+        stages.configure_mlflow(load_config())
+        with mlflow.start_run(run_name="bench") as run:
+            return str(run.info.run_id)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def postgres_reachable() -> bool:
+    """Return whether the benchmark PostgreSQL answers."""
+    try:
+        import psycopg
+
+        psycopg.connect(PG_URL, connect_timeout=3).close()
+    except Exception as exc:  # any failure means: skip PostgreSQL
+        print(f"  (PostgreSQL at {PG_URL} unreachable, publish-postgres skipped: {exc})")
+        return False
+    return True
+
+
+def _fmt(stage: str, r: dict[str, Any]) -> str:
+    extra = {k: v for k, v in r.items() if k not in ("seconds", "peak_rss_mb")}
+    return f"  {stage:<18} {r['seconds']:8.1f} s  {r['peak_rss_mb']:8,.0f} MB  {extra}"
+
+
+def bench_size(n: int, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """Run every stage, the references and (optionally) the flows at ``n`` customers."""
+    began = time.perf_counter()
+    sample = ensure_sample(args.cache, n, args.seed)
+    counts = json.loads((sample / "manifest.json").read_text())["row_counts"]
+    print(
+        f"\n{n:,} customers: {counts['transactions']:,} transaction lines, "
+        f"{counts['events']:,} events, {counts['subscriptions']:,} subscriptions "
+        f"(sample ready in {time.perf_counter() - began:.0f} s; load average {_load()})"
+    )
+    results: dict[str, dict[str, Any]] = {}
+    pg = "publish-postgres" in args.stages and postgres_reachable()
+    with tempfile.TemporaryDirectory(prefix="churnseg_bench_") as tmp:
+        work = Path(tmp)
+        env = bench_environ(work, sample, n, pg=False)
+        run_id = new_run(env)
+        folder = str(work / "runs" / "bench")
+        print(f"  {'stage':<18} {'wall':>10}  {'peak RSS':>11}")
+        for stage in args.stages:
+            if stage == "publish-postgres" and not pg:
+                continue
+            stage_env = (
+                bench_environ(work, sample, n, pg=True) if stage == "publish-postgres" else env
+            )
+            results[stage] = in_fresh_process(run_stage, stage, stage_env, folder, run_id)
+            print(_fmt(stage, results[stage]), flush=True)
+        total = sum(r["seconds"] for r in results.values() if "publish-postgres" not in r)
+        print(f"  {'sum of stages':<18} {total:8.1f} s  (publish-postgres excluded)")
+        if args.references:
+            print("  reference figures (same data and matrices, fresh processes):")
+            for kind in ("rfm_ibis", "rfm_sql"):
+                results[f"ref-{kind}"] = in_fresh_process(run_reference, kind, env, folder, run_id)
+            rfm = results["ref-rfm_ibis"]["seconds"] / results["ref-rfm_sql"]["seconds"]
+            print(
+                f"    RFM subset: Ibis {results['ref-rfm_ibis']['seconds']:.2f} s, hand-written "
+                f"DuckDB SQL {results['ref-rfm_sql']['seconds']:.2f} s: ratio {rfm:.2f}"
+            )
+            if "segmentation" in results:
+                ref = in_fresh_process(run_reference, "kmeans", env, folder, run_id)
+                results["ref-kmeans"] = ref
+                ratio = results["segmentation"]["seconds"] / ref["seconds"]
+                print(
+                    f"    KMeans at the chosen k on {ref['shape']}: {ref['seconds']:.2f} s; "
+                    f"segmentation stage (k selection {config_k_range()} + fit + naming + "
+                    f"registry) / bare fit: {ratio:.1f}x"
+                )
+            if "churn" in results:
+                ref = in_fresh_process(run_reference, "hgb", env, folder, run_id)
+                results["ref-hgb"] = ref
+                ratio = results["churn"]["seconds"] / ref["seconds"]
+                print(
+                    f"    HistGradientBoosting with the chosen parameters on {ref['shape']} "
+                    f"(champion candidate: {ref['candidate']}): {ref['seconds']:.2f} s; churn "
+                    f"stage (search + calibration + backtest + baselines + registry) / bare "
+                    f"fit: {ratio:.1f}x"
+                )
+        if args.end_to_end:
+            e2e_env = bench_environ(work / "e2e", sample, n, pg=False)
+            (work / "e2e").mkdir()
+            results["flow-retrain"] = in_fresh_process(run_flow, "retrain", e2e_env, "")
+            print(_fmt("retrain flow", results["flow-retrain"]) + "  (= churnseg run)")
+            results["flow-score"] = in_fresh_process(
+                run_flow,
+                "score",
+                e2e_env,
+                str(work / "runs" / "bench" / "features" / "scoring.parquet"),
+            )
+            print(_fmt("score flow", results["flow-score"]) + "  (score + publish, features built)")
+    return results
+
+
+def config_k_range() -> str:
+    """Return the k range the default config searches (for the printout)."""
+    from churnseg.pipelines.config import load_config
+
+    s = load_config().segmentation
+    return f"{s.k_min}..{s.k_max}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
+    parser.add_argument("--no-references", dest="references", action="store_false")
+    parser.add_argument("--end-to-end", action="store_true", help="also time the whole flows")
+    parser.add_argument("--json", type=Path, help="write every figure here")
+    parser.add_argument(
+        "--cache", type=Path, default=Path(tempfile.gettempdir()) / "churnseg_bench"
+    )
+    args = parser.parse_args(argv)
+    _quiet()
+    report = {n: bench_size(n, args) for n in args.sizes}
+    if len(report) > 1:
+        small, large = min(report), max(report)
+        print(f"\nscaling {small:,} -> {large:,} customers ({large / small:.0f}x):")
+        for stage, r in report[large].items():
+            if stage in report[small]:
+                t = r["seconds"] / report[small][stage]["seconds"]
+                m = r["peak_rss_mb"] / report[small][stage]["peak_rss_mb"]
+                print(f"  {stage:<18} time {t:5.1f}x  peak memory {m:5.1f}x")
+    if args.json:
+        args.json.write_text(json.dumps({str(k): v for k, v in report.items()}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
