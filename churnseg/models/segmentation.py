@@ -9,7 +9,7 @@ meaning drift between retrains.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -132,8 +132,17 @@ class AutoKMeans(ClusterMixin, BaseEstimator):
             )
         return KMeans(n_clusters=k, n_init=self.n_init, random_state=self.random_state)
 
-    def fit(self, X: NDArray[np.float64], y: Any = None) -> AutoKMeans:
-        """Fit k-means for every candidate k and keep the best eligible one."""
+    def fit(
+        self, X: NDArray[np.float64], y: Any = None, on_k: Callable[[int], None] | None = None
+    ) -> AutoKMeans:
+        """Fit k-means for every candidate k and keep the best eligible one.
+
+        Args:
+            X: Rows to cluster.
+            y: Ignored.
+            on_k: Called with each k once it is fitted and scored (progress reporting); in a
+                pipeline pass it as ``kmeans__on_k``. Not stored: the model stays serialisable.
+        """
         X = np.asarray(X, dtype=np.float64)
         if self.k_min < 2 or self.k_max < self.k_min:
             raise ValueError(f"need 2 <= k_min <= k_max, got {self.k_min}..{self.k_max}")
@@ -165,6 +174,8 @@ class AutoKMeans(ClusterMixin, BaseEstimator):
                 }
             )
             fits[k] = km
+            if on_k is not None:
+                on_k(k)
         pool = [r for r in records if r["eligible"]] or records
         best = max(pool, key=lambda r: (r["silhouette"], -r["k"]))
         km = fits[int(best["k"])]

@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from churnseg.pipelines import progress as reporting
 from churnseg.pipelines.config import PUBLISH_SCHEMES
 from churnseg.pipelines.sinks.base import Progress, Retention, Sink
 from churnseg.pipelines.sinks.errors import PublishError, scrub
@@ -232,10 +233,19 @@ def _replace_from_parquet(
                 f"{missing} of table {spec.key}"
             )
         keys = _partition_keys(path, spec)
-        with open_sink(target) as sink:
+        with (
+            open_sink(target) as sink,
+            reporting.stage(f"publishing {table}", parquet.metadata.num_rows) as step,
+        ):
             sink.ensure_schema()
             batches = _batches(parquet, spec, path.name, target.chunk_rows, constants)
-            written = sink.replace(spec, keys, batches, retention, progress)
+
+            def report(written: int) -> None:
+                step.update(written)  # the installed reporter (CLI bar), then the caller's
+                if progress is not None:
+                    progress(written)
+
+            written = sink.replace(spec, keys, batches, retention, report)
     log.info(
         "published %d rows (%s %s) to %s",
         written,
