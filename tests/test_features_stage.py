@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from itertools import pairwise
+from pathlib import Path
 
 import mlflow
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -85,3 +87,81 @@ def test_btyd_predictions_exist_for_buyers_only(
     recent = scoring.loc[buyers].sort_values("recency_days")
     top, bottom = recent.head(50), recent.tail(50)
     assert top.btyd_p_alive.mean() > bottom.btyd_p_alive.mean(), "recent buyers more alive"
+
+
+TABLES = ("customers", "transactions", "events", "subscriptions")
+
+
+def _clean_sample(paths: stages.RunPaths, tables: dict[str, pa.Table]) -> None:
+    paths.clean.mkdir(parents=True)
+    for name in TABLES:
+        pq.write_table(tables[name], paths.clean / f"{name}.parquet")
+
+
+def test_scoring_reuses_the_champion_models_channels_and_event_types(tmp_path: Path) -> None:
+    """A new top channel after training must not change the columns the champion expects."""
+    from sklearn.dummy import DummyClassifier
+
+    from churnseg.features.build import resolve_levels
+    from churnseg.models.registry import log_and_register, promote
+    from churnseg.pipelines.sources import connect_feature_engine
+
+    config = Config.model_validate(
+        {
+            "state_dir": str(tmp_path),
+            "snapshots": {"horizon_days": 60, "train_cutoffs": 2},
+            "features": {"max_levels": 2},  # the two most frequent levels get columns
+        }
+    )
+    stages.configure_mlflow(config)
+    tables = generate_sample(SampleSpec(customers=300, seed=3, dirty_fraction=0.0))
+    trained = stages.run_paths(config, "retrain")
+    _clean_sample(trained, tables)
+    with mlflow.start_run():  # a retrain: features, then the churn model from the same run
+        plan = stages.resolve_plan(config, trained)
+        stages.feature_stage(config, trained, plan)
+        train = read(trained, "train")
+        x = train.drop(columns=["customer_id", "snapshot_date", "churned"]).head(20)
+        model = DummyClassifier().fit(x, train["churned"].head(20))
+        name = config.mlflow.churn_model
+        promote(name, log_and_register(model, name, x, []), "test champion")
+    train_channels = sorted(c for c in train.columns if c.startswith("channel_share_"))
+
+    # Later data: most purchases move to a new channel, support tickets flood in.
+    tx = tables["transactions"].to_pandas()
+    tx.loc[tx.index % 4 != 0, "channel"] = "marketplace"
+    ev = tables["events"].to_pandas()
+    ev = pd.concat([ev, ev.assign(event_type="support_ticket")], ignore_index=True)
+    later = {
+        **tables,
+        "transactions": pa.Table.from_pandas(tx, preserve_index=False),
+        "events": pa.Table.from_pandas(ev, preserve_index=False),
+    }
+    scored = stages.run_paths(config, "score")
+    _clean_sample(scored, later)
+    with connect_feature_engine(config.engine) as engine:
+        now = resolve_levels(
+            {n: engine.read_parquet(scored.clean / f"{n}.parquet") for n in TABLES},
+            plan.scoring,
+            config.features,
+        )
+    assert "marketplace" in (now.channels or []), "the data alone would pick other columns"
+
+    with mlflow.start_run() as run:
+        stages.feature_stage(config, scored, stages.resolve_plan(config, scored), only=("scoring",))
+        params = mlflow.get_run(run.info.run_id).data.params
+    scoring = read(scored, "scoring")
+    assert list(scoring.columns) == [c for c in train.columns if c != "churned"]
+    assert sorted(c for c in scoring.columns if c.startswith("channel_share_")) == train_channels
+    assert params["feature_levels_from"] == f"champion {config.mlflow.churn_model} v1"
+
+
+def test_without_a_champion_scoring_resolves_levels_from_data(tmp_path: Path) -> None:
+    config = Config.model_validate({"state_dir": str(tmp_path), "features": {"max_levels": 2}})
+    stages.configure_mlflow(config)
+    features, source = stages.champion_levels(config)
+    assert (features.channels, features.event_types, source) == (None, None, "data")
+    fixed = config.model_copy(
+        update={"features": config.features.model_copy(update={"channels": [], "event_types": []})}
+    )
+    assert stages.champion_levels(fixed)[1] == "config"

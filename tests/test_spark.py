@@ -1,13 +1,13 @@
 """The same feature build on PySpark (local mode) gives the DuckDB result.
 
-One Spark session serves the module (about 14 s to start). Needs Java; it is on the CI machine,
-so the module skips only where ``java`` is missing.
+One Spark session (the ``spark`` fixture in conftest.py, about 14 s to start) serves every
+Spark test. Needs Java; it is on the CI machine, so the module skips only where ``java`` is
+missing.
 """
 
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -29,26 +29,6 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:The copy keyword is deprecated"),
 ]
 TABLES = ("customers", "transactions", "events", "subscriptions")
-
-
-@pytest.fixture(scope="module")
-def spark() -> Iterator[Any]:
-    from pyspark.sql import SparkSession
-
-    session = (
-        SparkSession.builder.master("local[2]")
-        .appName("churnseg-test")
-        .config("spark.sql.session.timeZone", "UTC")
-        .config("spark.sql.shuffle.partitions", "2")
-        .config("spark.ui.enabled", "false")
-        .config("spark.ui.showConsoleProgress", "false")
-        # Naive Parquet timestamps as plain timestamps, as DuckDB reads them.
-        .config("spark.sql.parquet.inferTimestampNTZ.enabled", "false")
-        .getOrCreate()
-    )
-    session.sparkContext.setLogLevel("ERROR")
-    yield session
-    session.stop()
 
 
 def on_both(folder: Path, spark: Any) -> tuple[dict[str, ibis.Table], dict[str, ibis.Table]]:

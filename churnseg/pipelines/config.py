@@ -579,6 +579,62 @@ class ScoringConfig(_Strict):
         return self.dask_address is not None or self.dask_workers > 0
 
 
+# spark_conf keys whose values are credentials: hidden in `config show` and the MLflow lineage.
+_SECRET_KEY = re.compile(r"password|secret|token|credential|access\.?key", re.IGNORECASE)
+
+
+class EngineConfig(_Strict):
+    """Where the feature build runs: embedded DuckDB, or Spark through Ibis's PySpark backend.
+
+    The same Ibis expressions run on both. Extraction, cleaning and the BG/NBD fit stay on
+    this machine (DuckDB and pandas); with ``pyspark`` the transaction-level feature build runs
+    on Spark, and its output is written back into the run folder as one Parquet file per table.
+    On a cluster the run folder (``state_dir``) must be storage that the driver and every
+    executor see at the same path.
+    """
+
+    backend: Literal["duckdb", "pyspark"] = Field(
+        "duckdb",
+        description="Feature build engine: duckdb (embedded, default) or pyspark (needs Java "
+        "and the pyspark package).",
+    )
+    spark_master: str = Field(
+        "local[2]",
+        min_length=1,
+        description="pyspark only: Spark master URL (local[N], spark://host:7077, yarn, "
+        "k8s://...). An already running session in this process is reused as it is.",
+    )
+    spark_conf: dict[str, str | int | float | bool] = Field(
+        default_factory=dict,
+        description="pyspark only: extra spark.* settings (spark.executor.memory: 4g). The "
+        "session time zone is always UTC.",
+    )
+
+    @model_validator(mode="after")
+    def _spark_keys(self) -> EngineConfig:
+        for key, value in self.spark_conf.items():
+            if not key.startswith("spark."):
+                raise ValueError(f"spark_conf key {key!r} must start with 'spark.'")
+            if key == "spark.master":
+                raise ValueError("set the master with engine.spark_master, not spark_conf")
+            if key == "spark.sql.session.timeZone" and str(value) != "UTC":
+                raise ValueError("spark.sql.session.timeZone must stay UTC (features are UTC)")
+        return self
+
+    def spark_settings(self) -> dict[str, str]:
+        """Return every Spark setting the session gets: fixed ones, then ``spark_conf``."""
+        settings = {
+            "spark.sql.session.timeZone": "UTC",
+            # Naive Parquet timestamps stay plain timestamps, as DuckDB reads them.
+            "spark.sql.parquet.inferTimestampNTZ.enabled": "false",
+            # Spark's console bar would garble the CLI's own progress display.
+            "spark.ui.showConsoleProgress": "false",
+        }
+        for key, value in self.spark_conf.items():
+            settings[key] = str(value).lower() if isinstance(value, bool) else str(value)
+        return settings
+
+
 class Config(_Strict):
     """The whole run configuration."""
 
@@ -595,6 +651,7 @@ class Config(_Strict):
     publish: PublishConfig = PublishConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
     scoring: ScoringConfig = ScoringConfig()
+    engine: EngineConfig = EngineConfig()
 
     @model_validator(mode="before")
     @classmethod
@@ -749,4 +806,8 @@ def config_as_dict(config: Config) -> dict[str, Any]:
     for name, source in config.sources.items():
         if source.url is not None:
             data["sources"][name]["url"] = redact_secrets(source.url)
+    # spark.hadoop.fs.s3a.secret.key and the like: keep the key, hide the value.
+    data["engine"]["spark_conf"] = {
+        k: "***" if _SECRET_KEY.search(k) else v for k, v in data["engine"]["spark_conf"].items()
+    }
     return data

@@ -17,8 +17,11 @@ from __future__ import annotations
 
 import glob
 import shutil
+import tempfile
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import duckdb
@@ -28,10 +31,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import sqlalchemy as sa
+from ibis.backends import BaseBackend
 from ibis.backends.duckdb import Backend as DuckDBBackend
 
 from churnseg.features.cleaning import BAD_ENCODING, MALFORMED_LINE, REASON, ROW
-from churnseg.pipelines.config import Config, SourceConfig, redact_url
+from churnseg.pipelines.config import Config, ConfigError, EngineConfig, SourceConfig, redact_url
 
 REJECTS_SUFFIX = ".rejects.parquet"
 REJECT_COLUMNS = {"source_row": pa.int64(), REASON: pa.string(), "record": pa.string()}
@@ -59,6 +63,156 @@ def connect_engine() -> DuckDBBackend:
     # Timestamps are naive UTC everywhere; casts from zoned values must not use the host zone.
     con.raw_sql("SET TimeZone = 'UTC'")
     return con
+
+
+class EngineError(ConfigError):
+    """The configured feature engine cannot start (pyspark missing, no Java, bad master)."""
+
+
+def spark_session(engine: EngineConfig) -> Any:
+    """Return the process's Spark session for ``engine``, starting it on first use.
+
+    pyspark is imported here, never at module import. A session already running in this
+    process is reused (Spark allows one per process); its modifiable settings are updated.
+
+    Raises:
+        EngineError: pyspark is not installed or Spark cannot start (no Java, bad master).
+    """
+    try:
+        from pyspark.sql import SparkSession
+    except ImportError:
+        raise EngineError(
+            "engine.backend is 'pyspark' but pyspark is not installed "
+            "(pip install 'ibis-framework[pyspark]')"
+        ) from None
+    builder = SparkSession.builder.master(engine.spark_master).appName("churnseg")
+    settings = {
+        # Quiet by default, like the rest of the CLI; spark_conf can set it back.
+        "spark.log.level": "ERROR",
+        # Only temporary views are used: keep Spark's ./spark-warehouse out of the working dir.
+        "spark.sql.warehouse.dir": str(Path(tempfile.gettempdir()) / "churnseg-spark-warehouse"),
+        **engine.spark_settings(),
+    }
+    for key, value in settings.items():
+        builder = builder.config(key, value)
+    try:
+        return builder.getOrCreate()
+    except Exception as exc:  # the JVM gateway raises plain RuntimeErrors and Py4J errors
+        raise EngineError(
+            f"engine.backend pyspark: cannot start Spark (master {engine.spark_master!r}): "
+            f"{_first_line(exc, None)}; is Java installed (java -version, JAVA_HOME)?"
+        ) from None
+
+
+def _copy_cast(files: list[Path], target: Path, schema: pa.Schema) -> None:
+    """Stream the row groups of Parquet ``files`` into one file ``target``, cast to ``schema``.
+
+    One row group at a time, so memory stays bounded; a cast that would lose data raises.
+    """
+    with pq.ParquetWriter(target, schema) as writer:
+        for file in files:
+            for batch in pq.ParquetFile(file).iter_batches():
+                columns = [batch.column(f.name).cast(f.type) for f in schema]
+                writer.write_batch(pa.RecordBatch.from_arrays(columns, schema=schema))
+
+
+def declared_schema(expr: ir.Table, written: pa.Schema) -> pa.Schema:
+    """Return ``written`` (a file's schema) with the column types ``expr`` declares in Ibis.
+
+    Engines widen some types on write: DuckDB sums integers into HUGEINT and stores that as
+    DOUBLE, Spark keeps BIGINT. The declared types are the contract both are brought to.
+    """
+    declared = expr.schema().to_pyarrow()
+    return pa.schema([written.field(f.name).with_type(f.type) for f in declared])
+
+
+class FeatureEngine:
+    """The Ibis backend the feature build runs on, reading and writing run-folder Parquet.
+
+    With DuckDB this is the embedded connection. With PySpark, tables are read and written by
+    Spark through ``file://`` URIs (so a cluster whose default file system is HDFS still finds
+    the run folder) and every written table ends as one Parquet file, the form DuckDB writes,
+    so every reader downstream (pyarrow, pandas, DuckDB) is unchanged. Use it as a context
+    manager: leaving releases what it registered; the Spark session stays up for reuse.
+    """
+
+    def __init__(self, con: BaseBackend, session: Any = None) -> None:
+        self.con = con
+        self._session = session
+        self._views: list[str] = []
+
+    @property
+    def backend(self) -> str:
+        """Return the Ibis backend name: ``duckdb`` or ``pyspark``."""
+        return str(self.con.name)
+
+    def read_parquet(self, path: Path) -> ir.Table:
+        """Return the Parquet file (or folder of parts) at ``path`` as a table."""
+        if self._session is None:
+            return self.con.read_parquet(path)
+        view = f"churnseg_{path.name.split('.')[0]}_{uuid.uuid4().hex[:12]}"
+        self._session.read.parquet(path.resolve().as_uri()).createOrReplaceTempView(view)
+        self._views.append(view)
+        return self.con.table(view)
+
+    def write_parquet(self, expr: ir.Table, path: Path) -> None:
+        """Execute ``expr`` and write it to the single Parquet file ``path``, typed as declared.
+
+        Column types are the ones ``expr`` declares in Ibis on every engine (``declared_schema``),
+        so DuckDB and Spark write the same file.
+        """
+        if self._session is None:
+            self.con.to_parquet(expr, path)
+            written = pq.read_schema(path)
+            schema = declared_schema(expr, written)
+            if schema != written:
+                wide = path.with_name(path.name + ".wide")
+                path.replace(wide)
+                _copy_cast([wide], path, schema)
+                wide.unlink()
+            return
+        parts = path.with_name(path.name + ".parts")
+        shutil.rmtree(parts, ignore_errors=True)
+        try:
+            self.con.to_parquet(expr, parts.resolve().as_uri(), mode="overwrite")
+            # Spark also writes _SUCCESS and .crc files; only part-*.parquet hold rows.
+            files = sorted(parts.glob("part-*.parquet"))
+            nullable = pa.schema([f.with_nullable(True) for f in expr.schema().to_pyarrow()])
+            _copy_cast(files, path, nullable)
+        finally:
+            shutil.rmtree(parts, ignore_errors=True)
+
+    def close(self) -> None:
+        """Drop the Spark views this engine registered, or close the DuckDB connection."""
+        if self._session is None:
+            self.con.disconnect()
+            return
+        for view in self._views:
+            self._session.catalog.dropTempView(view)
+        self._views.clear()
+
+    def __enter__(self) -> FeatureEngine:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def connect_feature_engine(engine: EngineConfig) -> FeatureEngine:
+    """Return the feature engine ``engine`` configures: embedded DuckDB or PySpark.
+
+    Raises:
+        EngineError: ``pyspark`` is configured but Spark cannot start.
+    """
+    if engine.backend == "duckdb":
+        return FeatureEngine(connect_engine())
+    session = spark_session(engine)
+    return FeatureEngine(ibis.pyspark.connect(session), session)
 
 
 def database_url(url: str) -> sa.URL:

@@ -89,7 +89,8 @@ from churnseg.models.registry import (
     record_rejection,
     version_tags,
 )
-from churnseg.pipelines.config import Config, SourceConfig, config_as_dict
+from churnseg.pipelines import progress
+from churnseg.pipelines.config import Config, FeatureConfig, SourceConfig, config_as_dict
 from churnseg.pipelines.lineage import code_version, input_lineage
 from churnseg.pipelines.quality import (
     DATE_COLUMNS,
@@ -102,7 +103,13 @@ from churnseg.pipelines.quality import (
     reason_counts,
 )
 from churnseg.pipelines.sinks.schema import CUSTOMER_SCORES, conform_batch
-from churnseg.pipelines.sources import REJECTS_SUFFIX, connect_engine, extract_sources
+from churnseg.pipelines.sources import (
+    REJECTS_SUFFIX,
+    FeatureEngine,
+    connect_engine,
+    connect_feature_engine,
+    extract_sources,
+)
 
 SEGMENT_NAMES_TAG = "segment_names"
 # Customers are cleaned first: the other tables are checked against the clean ids.
@@ -144,14 +151,34 @@ class RunPaths:
         """Return the scored-customers Parquet file."""
         return self.root / "scores.parquet"
 
+    @property
+    def manifest(self) -> Path:
+        """Return ``run.json``: the run's fingerprint and every attempt (retrain runs)."""
+        return self.root / "run.json"
+
+    @property
+    def lock(self) -> Path:
+        """Return the lock file that keeps two runs with one fingerprint apart."""
+        return self.root / ".lock"
+
+    @property
+    def results(self) -> Path:
+        """Return the folder of persisted Prefect task results (the stage cache)."""
+        return self.root / "task-results"
+
 
 def run_paths(config: Config, run_key: str) -> RunPaths:
-    """Return the paths of run ``run_key`` (the folders are created by the stages)."""
+    """Return the paths of run ``run_key`` (the folders are created by the stages).
+
+    The retrain flow's key is its run fingerprint (``resume.run_fingerprint``), so an attempt
+    with the same config, data and code finds an earlier attempt's outputs; the score and
+    monitor flows use ``new_run_key`` or the Prefect flow run id.
+    """
     return RunPaths(config.state_dir / "runs" / run_key)
 
 
 def new_run_key() -> str:
-    """Return a sortable key for a new run folder."""
+    """Return a sortable key for a new run folder (outside a Prefect flow run)."""
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
 
 
@@ -430,10 +457,15 @@ def _with_btyd(
 ) -> dict[str, float]:
     """Write ``staged`` plus the BTYD predictions (fitted per snapshot) to ``target``.
 
+    Runs on embedded DuckDB whatever the feature engine: ``staged`` is one Parquet file, and
+    the fit reads only the per-customer summary columns into pandas.
+
     Returns:
         The fitted parameters of the last snapshot (empty when it could not be fitted).
     """
     keys = pq.read_table(staged, columns=["customer_id", SNAPSHOT, *SUMMARY])
+    # Engines write rows in any order; a fixed order makes the fit bit-identical across them.
+    keys = keys.sort_by([(SNAPSHOT, "ascending"), ("customer_id", "ascending")])
     summary = keys.select(list(SUMMARY)).to_pandas()
     snapshots = keys.column(SNAPSHOT).to_pandas()
     predictions = pd.DataFrame(index=summary.index, columns=list(BTYD_FEATURES), dtype="float64")
@@ -461,6 +493,51 @@ def _with_btyd(
     return params
 
 
+# Exact channel and event-type lists as JSON (a level may hold a comma); read by score runs.
+LEVELS_PARAM = "feature_levels"
+
+
+def champion_levels(config: Config) -> tuple[FeatureConfig, str]:
+    """Return the feature settings to score with, and where their levels came from.
+
+    Channels and event types the config leaves open are the ones the champion churn model was
+    trained with (params logged on its training run), so a new frequent channel cannot change the
+    column set the model expects. Without a champion they stay open (resolved from data).
+
+    Returns:
+        ``config.features`` with the champion's levels filled in, and ``"data"``, ``"config"``
+        or ``"champion <model> v<N>"``.
+    """
+    features = config.features
+    if features.channels is not None and features.event_types is not None:
+        return features, "config"
+    name = config.mlflow.churn_model
+    version = find_champion(name)
+    if version is None:
+        return features, "data"
+    client = MlflowClient()
+    run_id = client.get_model_version(name, str(version)).run_id
+    if not run_id:
+        return features, "data"
+    params = client.get_run(run_id).data.params
+    if LEVELS_PARAM in params:
+        levels: dict[str, Any] = json.loads(params[LEVELS_PARAM])
+    else:  # trained before the JSON param existed: the comma-joined ones
+        levels = {
+            key: [v for v in params[f"feature_{key}"].split(",") if v]
+            for key in ("channels", "event_types")
+            if f"feature_{key}" in params
+        }
+    update: dict[str, Any] = {
+        key: list(levels[key])
+        for key in ("channels", "event_types")
+        if getattr(features, key) is None and key in levels
+    }
+    if not update:  # a champion logged from a run without a feature build
+        return features, "data"
+    return features.model_copy(update=update), f"champion {name} v{version}"
+
+
 FEATURE_TABLES = ("train", "validation", "scoring")
 
 
@@ -474,36 +551,49 @@ def feature_stage(
 
     ``only`` limits the build to some of them (scoring alone needs no stacked training cutoffs).
 
-    Features come from every clean table present (``features.build_features``); channels and
-    event types are resolved once at the scoring cutoff so the three tables share columns. BG/NBD
-    and Gamma-Gamma are fitted on each snapshot's own history and add their predictions.
+    Features come from every clean table present (``features.build_features``), built on the
+    configured engine (``engine.backend``: DuckDB or Spark); each table lands as one Parquet
+    file either way. Channels and event types are resolved once at the scoring cutoff so the
+    three tables share columns; a build without the training table (the score and monitor
+    flows) takes them from the champion churn model's training run instead, so scoring gives
+    the columns the champion expects. BG/NBD and Gamma-Gamma are fitted on each snapshot's own
+    history and add their predictions.
     """
     paths.features.mkdir(parents=True, exist_ok=True)
-    con = connect_engine()
-    tables = {
-        name: con.read_parquet(paths.clean / f"{name}.parquet")
-        for name in CLEAN_ORDER
-        if (paths.clean / f"{name}.parquet").exists()
-    }
-    settings = resolve_levels(tables, plan.scoring, config.features)
-    h = plan.horizon_days
-    builders = {
-        "train": lambda: build_training_set(tables, plan.training, settings, h),
-        "validation": lambda: labelled_snapshot(tables, plan.validation, settings, h),
-        "scoring": lambda: build_features(tables, plan.scoring, settings).mutate(
-            **{SNAPSHOT: snapshot_literal(plan.scoring)}
-        ),
-    }
-    exprs = {name: build() for name, build in builders.items() if name in only}
+    if "train" in only:  # a new model: levels from the config or today's data
+        given = config.features.channels is not None and config.features.event_types is not None
+        features, levels_from = config.features, "config" if given else "data"
+    else:
+        features, levels_from = champion_levels(config)
     counts = {}
     params: dict[str, float] = {}
-    for name, expr in exprs.items():
-        target = paths.features / f"{name}.parquet"
-        staged = paths.features / f"{name}.staged.parquet"
-        con.to_parquet(expr, staged)
-        params = _with_btyd(con, staged, target, h, settings.btyd_period_days)
-        staged.unlink()
-        counts[name] = int(con.read_parquet(target).count().execute())
+    with (
+        connect_feature_engine(config.engine) as engine,
+        # The BTYD join and the final files run on embedded DuckDB whatever the engine.
+        FeatureEngine(connect_engine()) as local,
+    ):
+        tables = {
+            name: engine.read_parquet(paths.clean / f"{name}.parquet")
+            for name in CLEAN_ORDER
+            if (paths.clean / f"{name}.parquet").exists()
+        }
+        settings = resolve_levels(tables, plan.scoring, features)
+        h = plan.horizon_days
+        builders = {
+            "train": lambda: build_training_set(tables, plan.training, settings, h),
+            "validation": lambda: labelled_snapshot(tables, plan.validation, settings, h),
+            "scoring": lambda: build_features(tables, plan.scoring, settings).mutate(
+                **{SNAPSHOT: snapshot_literal(plan.scoring)}
+            ),
+        }
+        exprs = {name: build() for name, build in builders.items() if name in only}
+        for name, expr in progress.track(exprs.items(), "building feature tables"):
+            target = paths.features / f"{name}.parquet"
+            staged = paths.features / f"{name}.staged.parquet"
+            engine.write_parquet(expr, staged)
+            params = _with_btyd(local.con, staged, target, h, settings.btyd_period_days)
+            staged.unlink()
+            counts[name] = int(pq.ParquetFile(target).metadata.num_rows)
     mlflow.log_params(
         {
             "cutoff_scoring": plan.scoring.isoformat(),
@@ -513,6 +603,11 @@ def feature_stage(
             "label_mode": settings.label,
             "feature_channels": ",".join(settings.channels or []),
             "feature_event_types": ",".join(settings.event_types or []),
+            LEVELS_PARAM: json.dumps(
+                {"channels": settings.channels or [], "event_types": settings.event_types or []}
+            ),
+            "feature_levels_from": levels_from,
+            "feature_engine": config.engine.backend,
         }
     )
     mlflow.log_metrics({f"rows_features_{n}": c for n, c in counts.items()})
@@ -570,7 +665,11 @@ def segmentation_stage(config: Config, paths: RunPaths, run_id: str = "") -> Seg
     s = config.segmentation
     model_name = config.mlflow.segmentation_model
     frame = pd.read_parquet(paths.features / "scoring.parquet")
-    pipeline = segmentation_pipeline_from_config(config).fit(frame)
+    candidates = max(min(s.k_max, len(frame) - 1) - s.k_min + 1, 0)
+    with progress.stage("segmentation: trying k", candidates) as step:
+        pipeline = segmentation_pipeline_from_config(config).fit(
+            frame, kmeans__on_k=lambda _k: step.advance()
+        )
     km = pipeline[-1]
     match, keep = None, {}
     previous = find_champion(model_name)
@@ -857,18 +956,22 @@ def _risk_ranking(
     proba: NDArray[np.float64] | None,
     value: NDArray[np.float64],
     by: str,
+    score: NDArray[np.float64] | None = None,
 ) -> pd.Series:
     """Return what the retention list is ordered by: value at risk, or churn risk.
 
     Churn risk is ranked by the uncalibrated model's score: it orders customers exactly as the
     calibrated probability does, but without the ties isotonic calibration creates, so "top
-    10%" is 10% of customers. ``proba`` (calibrated) is needed only for value at risk.
+    10%" is 10% of customers. ``proba`` (calibrated) is needed only for value at risk;
+    ``score`` is the uncalibrated model's P(churn) when the caller has it already.
     """
     if by == "value_at_risk":
         if proba is None:
             raise ValueError("ranking by value at risk needs churn probabilities")
         return pd.Series(proba * value, index=frame.index)
-    return pd.Series(churn_model.churn_probability(model, frame), index=frame.index)
+    if score is None:
+        score = churn_model.churn_probability(model, frame)
+    return pd.Series(score, index=frame.index)
 
 
 def _explanations(name: str, version: int) -> tuple[dict[str, Any], tuple[str, ...]]:
@@ -902,7 +1005,11 @@ def scoring_context(config: Config, run_id: str, features_path: Path) -> Scoring
     horizon = config.snapshots.horizon_days
     explainer = churn_model.ranking_model(classifier)
     values, rankings = [], []
-    for batch in pq.ParquetFile(features_path).iter_batches(batch_size=config.publish.chunk_rows):
+    features = pq.ParquetFile(features_path)
+    chunk = config.publish.chunk_rows
+    batches = features.iter_batches(batch_size=chunk)
+    n_batches = -(-features.metadata.num_rows // chunk)
+    for batch in progress.track(batches, "ranking customers (batches)", total=n_batches):
         frame = batch.to_pandas()
         # Calibrated probabilities only when the ranking needs them (value at risk).
         proba = (
@@ -977,10 +1084,15 @@ def score_batch(frame: pd.DataFrame, context: ScoringContext) -> pd.DataFrame:
         index=frame.index,
     )
     classes, _ = apply_overrides(classes, frame, context.overrides)
-    ranking = _risk_ranking(context.explainer, frame, proba, value, context.risk_rank_by)
+    # The uncalibrated score is both the risk ranking and the attributions' baseline: one
+    # prediction for the two (predicting is most of a scoring run's cost).
+    score = churn_model.churn_probability(context.explainer, frame)
+    ranking = _risk_ranking(
+        context.explainer, frame, proba, value, context.risk_rank_by, score=score
+    )
     if context.reason_features:
         contributions = reasons.attributions(
-            context.explainer, frame, context.reason_features, context.reference
+            context.explainer, frame, context.reason_features, context.reference, base=score
         )
         why = reasons.top_reasons(
             contributions, frame, context.reference, context.reasons_top_k
@@ -1015,14 +1127,20 @@ def score_batches_to_file(
     path: Path,
     source: str,
     first_row: int = 0,
+    total_rows: int | None = None,
 ) -> tuple[int, float]:
     """Score feature batches into a Parquet file of conformed ``customer_scores`` rows.
+
+    Progress is reported in rows (of ``total_rows`` when given) to the installed reporter.
 
     Returns:
         Rows scored and the sum of their churn probabilities.
     """
     rows, proba_sum = 0, 0.0
-    with pq.ParquetWriter(path, CUSTOMER_SCORES.arrow_schema()) as writer:
+    with (
+        pq.ParquetWriter(path, CUSTOMER_SCORES.arrow_schema()) as writer,
+        progress.stage("scoring customers", total_rows) as step,
+    ):
         for batch in batches:
             scores = score_batch(batch.to_pandas(), context)
             arrow = pa.RecordBatch.from_pandas(scores, preserve_index=False)
@@ -1030,6 +1148,7 @@ def score_batches_to_file(
             first_row += batch.num_rows
             rows += len(scores)
             proba_sum += float(scores["churn_probability"].sum())
+            step.advance(batch.num_rows)
     return rows, proba_sum
 
 
@@ -1046,8 +1165,11 @@ def score_stage(config: Config, features_path: Path, out_path: Path, run_id: str
     context = scoring_context(config, run_id, features_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     partial = out_path.with_name(out_path.name + ".partial")
-    batches = pq.ParquetFile(features_path).iter_batches(batch_size=config.publish.chunk_rows)
-    rows, proba_sum = score_batches_to_file(batches, context, partial, features_path.name)
+    features = pq.ParquetFile(features_path)
+    batches = features.iter_batches(batch_size=config.publish.chunk_rows)
+    rows, proba_sum = score_batches_to_file(
+        batches, context, partial, features_path.name, total_rows=features.metadata.num_rows
+    )
     partial.replace(out_path)
     log_scoring_metrics(rows, proba_sum)
     return rows
