@@ -198,35 +198,69 @@ def _quiet_prefect_console() -> Iterator[None]:
             handler.setLevel(level)
 
 
-def _run_flow(kind: str, config: Path | None) -> None:
+@contextmanager
+def _progress_bars() -> Iterator[None]:
+    """Show progress bars of long stages while a flow runs, on an interactive terminal only.
+
+    Piped or redirected output (CI logs, ``> file``) gets no bars: rich would otherwise print
+    every refresh as a new line.
+    """
+    import sys
+
+    from churnseg.pipelines import progress
+
+    if not sys.stdout.isatty() or console.is_dumb_terminal:
+        yield
+        return
+    with progress.RichReporter(console) as reporter, progress.using(reporter):
+        yield
+
+
+def _run_flow(kind: str, config: Path | None, fresh: bool = False) -> None:
     _load(config)  # fail fast with a readable config error before Prefect starts
+    from functools import partial
+
     from churnseg.pipelines import flows
 
-    flow_fn = flows.retrain_flow if kind == "retrain" else flows.score_flow
+    flow_fn = partial(flows.retrain_flow, fresh=fresh) if kind == "retrain" else flows.score_flow
     try:
-        with _quiet_prefect_console():
+        with _quiet_prefect_console(), _progress_bars():
             summary = flow_fn(config_path=str(config) if config else None)
     except Exception as exc:
         _fail(exc)
     _print_summary(summary)
 
 
+FreshOption = Annotated[
+    bool,
+    typer.Option(
+        "--fresh",
+        help="Recompute every stage; default: reuse the stages an earlier attempt with the same "
+        "config, data and code finished (a failed run resumes where it failed).",
+    ),
+]
+
+
 @app.command()
-def run(config: ConfigOption = None) -> None:
+def run(config: ConfigOption = None, fresh: FreshOption = False) -> None:
     """Retrain both models on the config's data, then score and publish every customer.
+
+    Run it again after a failure and the finished stages are reused; --fresh recomputes all.
 
     Example: churnseg run            (the bundled sample, embedded stores under .churnseg/)
     """
-    _run_flow("retrain", config)
+    _run_flow("retrain", config, fresh)
 
 
 @app.command()
-def retrain(config: ConfigOption = None) -> None:
+def retrain(config: ConfigOption = None, fresh: FreshOption = False) -> None:
     """Run the retrain flow (extract, clean, features, segmentation, churn, score, publish).
 
-    Example: churnseg retrain -c configs/default.yaml
+    Stages an earlier attempt with the same fingerprint finished are reused unless --fresh.
+
+    Example: churnseg retrain -c configs/default.yaml --fresh
     """
-    _run_flow("retrain", config)
+    _run_flow("retrain", config, fresh)
 
 
 @app.command()
@@ -257,10 +291,11 @@ def monitor(
     from churnseg.pipelines import flows
 
     try:
-        summary = flows.monitor_flow(
-            config_path=str(config) if config else None,
-            run_folder=str(run_folder) if run_folder else None,
-        )
+        with _progress_bars():
+            summary = flows.monitor_flow(
+                config_path=str(config) if config else None,
+                run_folder=str(run_folder) if run_folder else None,
+            )
     except Exception as exc:
         _fail(exc)
     table = Table(title="churnseg monitor", show_header=False)

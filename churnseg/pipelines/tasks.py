@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from datetime import date
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
-from prefect import State, task
-from prefect.cache_policies import NONE
+from prefect import State, Task, task
+from prefect.cache_policies import NONE, CacheKeyFnPolicy
 from prefect.tasks import exponential_backoff
 
 from churnseg.features.snapshots import CutoffPlan
@@ -21,10 +21,16 @@ from churnseg.pipelines.publish import (
 from churnseg.pipelines.stages import RunPaths
 
 if TYPE_CHECKING:
-    from churnseg.pipelines.monitor import MonitorOutcome
+    from churnseg.pipelines.monitor import MonitorOutcome, Reference
 
-# Caching keyed on config + input fingerprints arrives with resumable flows; until then every
-# run recomputes, which is always correct.
+P = ParamSpec("P")
+R = TypeVar("R")
+
+# Every task is defined uncached (``cache_policy=NONE``): Prefect's default policy hashes the
+# inputs, and ours are configs and paths whose files change underneath them. The retrain flow
+# opts its compute tasks in per run with ``cached``: keyed on the run fingerprint (config +
+# input content + code, see ``resume.py``), never on the arguments. I/O tasks (extract,
+# publish) are never cached: sources must be read and the table written on every run.
 
 # Only I/O tasks retry: reading sources and writing the database can fail transiently (a network
 # blip, a lock), while a deterministic computation that failed once fails again. Delays grow
@@ -167,8 +173,33 @@ def publish_profiles(config: Config, profiles_path: Path) -> int:
 
 
 @task(name="monitor-drift", cache_policy=NONE, timeout_seconds=TIMEOUT_COMPUTE)
-def monitor(config: Config, paths: RunPaths, data_end: date) -> MonitorOutcome:
+def monitor(
+    config: Config, reference: Reference, paths: RunPaths, data_end: date
+) -> MonitorOutcome:
     """Measure feature, score and segment drift and calibration against the champion's run."""
     from churnseg.pipelines import monitor as monitoring
 
-    return monitoring.monitor_stage(config, monitoring.reference_run(config), paths, data_end)
+    return monitoring.monitor_stage(config, reference, paths, data_end)
+
+
+def cached(stage: Task[P, R], fingerprint: str, storage: Path, refresh: bool) -> Task[P, R]:
+    """Return ``stage`` with its result persisted and cached under (task name, fingerprint).
+
+    The key ignores the arguments on purpose: the fingerprint already covers what the stage
+    reads, and arguments such as the MLflow run id differ on every attempt. Results are pickled
+    into ``storage`` (the run folder's ``task-results/``), so deleting a run folder deletes its
+    cache too.
+
+    Args:
+        stage: A compute task of this module.
+        fingerprint: The run fingerprint (``resume.Fingerprint.key``).
+        storage: Folder of the persisted results.
+        refresh: Recompute and overwrite the cached result (``--fresh``, missing outputs).
+    """
+    key = f"{stage.name}-{fingerprint}"
+    return stage.with_options(
+        cache_policy=CacheKeyFnPolicy(cache_key_fn=lambda _context, _parameters: key),
+        persist_result=True,
+        result_storage=storage,
+        refresh_cache=refresh,
+    )
