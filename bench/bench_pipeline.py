@@ -313,7 +313,9 @@ def bench_size(n: int, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     results: dict[str, dict[str, Any]] = {}
     pg = "publish-postgres" in args.stages and postgres_reachable()
     with tempfile.TemporaryDirectory(prefix="churnseg_bench_") as tmp:
-        work = Path(tmp)
+        # --keep: the run folder and MLflow store stay for profiling a stage afterwards.
+        work = args.keep / str(n) if args.keep else Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
         env = bench_environ(work, sample, n, pg=False)
         run_id = new_run(env)
         folder = str(work / "runs" / "bench")
@@ -389,6 +391,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="write every figure here")
     parser.add_argument(
         "--cache", type=Path, default=Path(tempfile.gettempdir()) / "churnseg_bench"
+    )
+    parser.add_argument(
+        "--keep", type=Path, help="work in DIR/<size> and keep it (default: a temporary folder)"
     )
     args = parser.parse_args(argv)
     _quiet()

@@ -127,12 +127,58 @@ def test_prepared_attributions_equal_plain_occlusion(candidate: str) -> None:
         grid = {**grid, "max_iter": 20, "min_samples_leaf": 10}
     model = churn_model.candidate_pipeline(candidate, spec, grid).fit(X, y)
     ref = reasons.reference_values(X, ["a", "b", "c"])
-    assert reasons._PreparedRows.build(model, X, ["a", "b", "c"], ref) is not None
+    prepared = reasons._PreparedRows.build(model, X, ["a", "b", "c"], ref)
+    assert prepared is not None
+    if candidate == "hgb":  # the per-tree path, not a silent fallback to whole-model predicts
+        base_logit = reasons._logit(model.predict_proba(X)[:, 1])
+        trees = reasons._TreeSum.of(model[-1], prepared.matrix, prepared.reference_row, base_logit)
+        assert trees is not None
+        assert len(trees.users) >= 3, "every feature is split on by some tree"
+        assert any(len(t) < trees.leaves.shape[1] for t in trees.users.values())
     fast = reasons.attributions(model, X, ["a", "b", "c"], ref)
     base = reasons._logit(model.predict_proba(X)[:, 1])
-    for col in ["a", "b", "c"]:
+    direct = prepared.occlude(["a", "b", "c"], base)
+    for i, col in enumerate(["a", "b", "c"]):
         probe = X.copy()
         probe[col] = ref[col]
         plain = base - reasons._logit(model.predict_proba(probe)[:, 1])
         np.testing.assert_allclose(fast[col], plain, rtol=1e-7, atol=1e-9)
+        np.testing.assert_allclose(direct[:, i], plain, rtol=1e-7, atol=1e-9)
     assert (fast["b"][X.b == ref["b"]] == 0).all()
+    if candidate == "hgb":  # unseen and missing categories bin like the model predicts them
+        later = X.assign(region=["east"] * 20 + [None] * 20 + list(X.region[40:]))
+        again = reasons._PreparedRows.build(model, later, ["a", "b", "c"], ref)
+        assert again is not None
+        later_logit = reasons._logit(model.predict_proba(later)[:, 1])
+        assert reasons._TreeSum.of(model[-1], again.matrix, again.reference_row, later_logit)
+
+
+@pytest.mark.parametrize("method", ["isotonic", "sigmoid"])
+@pytest.mark.parametrize("candidate", ["logreg", "hgb"])
+def test_churn_scores_equal_two_predictions(candidate: str, method: str) -> None:
+    """One decision function gives the calibrated and the ranking probabilities exactly."""
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.frozen import FrozenEstimator
+
+    from churnseg.models import churn as churn_model
+
+    rng = np.random.default_rng(3)
+    n = 600
+    X = pd.DataFrame(
+        {
+            "a": rng.normal(size=n),
+            "c": np.where(rng.random(n) < 0.1, np.nan, rng.gamma(2.0, 3.0, n)),
+            "region": rng.choice(["north", "south"], n),
+        }
+    )
+    y = ((X.a - X.c.fillna(0) / 3 + rng.normal(size=n)) > -1).astype(int)
+    spec = churn_model.FeatureSpec(["a", "c"], ["region"])
+    grid = churn_model.PARAM_GRIDS[candidate][0]
+    if candidate == "hgb":
+        grid = {**grid, "max_iter": 20, "min_samples_leaf": 10}
+    base = churn_model.candidate_pipeline(candidate, spec, grid).fit(X[:400], y[:400])
+    model = CalibratedClassifierCV(FrozenEstimator(base), method=method).fit(X[400:], y[400:])
+    proba, score = churn_model.churn_scores(model, X)
+    np.testing.assert_array_equal(proba, churn_model.churn_probability(model, X))
+    np.testing.assert_array_equal(score, churn_model.churn_probability(base, X))
+    assert not np.array_equal(proba, score), "calibration changed something"

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
+from scipy.special import expit
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import HistGradientBoostingClassifier
@@ -270,6 +271,31 @@ def backtest(
             }
         )
     return pd.DataFrame(folds)
+
+
+def churn_scores(
+    model: Any, frame: pd.DataFrame
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Return the calibrated P(churn) and the ranking model's P(churn), predicting once.
+
+    A calibrated model calibrates its ranking pipeline's decision function, and both
+    candidates' ``predict_proba`` is the logistic of that decision function; so one decision
+    function gives both numbers exactly as two ``predict_proba`` calls would (a test checks
+    it). Any other model is predicted twice.
+    """
+    ranking = ranking_model(model)
+    if ranking is model:
+        proba = churn_probability(model, frame)
+        return proba, proba
+    calibrated = getattr(model, "calibrated_classifiers_", [])
+    one_calibrator = len(calibrated) == 1 and len(calibrated[0].calibrators) == 1
+    if not (one_calibrator and hasattr(ranking, "decision_function")):
+        return churn_probability(model, frame), churn_probability(ranking, frame)
+    columns = list(getattr(model, "feature_names_in_", []))
+    data = frame[columns] if columns else frame
+    decision = np.asarray(ranking.decision_function(data), dtype=np.float64).ravel()
+    proba = np.asarray(calibrated[0].calibrators[0].predict(decision), dtype=np.float64)
+    return proba, np.asarray(expit(decision), dtype=np.float64)
 
 
 def churn_probability(model: Any, frame: pd.DataFrame) -> NDArray[np.float64]:

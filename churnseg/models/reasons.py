@@ -22,8 +22,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
+from scipy.special import expit
 from sklearn.compose import ColumnTransformer
+from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.pipeline import Pipeline
+from sklearn.utils._openmp_helpers import _openmp_effective_n_threads
 
 _EPS = 1e-6
 
@@ -163,6 +166,8 @@ class _PreparedRows:
     ) -> NDArray[np.float64]:
         """Return attributions of the first ``rows`` rows (all by default)."""
         matrix = self.matrix if rows is None else self.matrix[:rows]
+        base_logit = base_logit[: len(matrix)]
+        trees = _TreeSum.of(self.estimator, matrix, self.reference_row, base_logit)
         out = np.zeros((len(matrix), len(columns)), dtype=np.float64)
         for i, col in enumerate(columns):
             j = self.position[col]
@@ -170,11 +175,142 @@ class _PreparedRows:
             differs = ~(matrix[:, j] == ref)  # NaN compares unequal: missing values differ
             if not differs.any():
                 continue
-            probe = matrix[differs]
-            probe[:, j] = ref
-            occluded = self.estimator.predict_proba(probe)[:, 1]
-            out[differs, i] = base_logit[: len(matrix)][differs] - _logit(occluded)
+            if trees is not None:
+                occluded = trees.proba_with_reference(differs, j)
+            else:
+                probe = matrix[differs]
+                probe[:, j] = ref
+                occluded = self.estimator.predict_proba(probe)[:, 1]
+            out[differs, i] = base_logit[differs] - _logit(occluded)
         return out
+
+
+@dataclass(frozen=True)
+class _TreeSum:
+    """A binary HistGradientBoostingClassifier's raw score of some rows as a sum of tree leaves.
+
+    Two exact shortcuts for occlusion, which is most of a scoring run's cost:
+
+    - Trees are evaluated on the model's own binned copy of the rows (one byte per value):
+      a split ``value <= threshold`` is ``bin <= bin threshold`` by construction of the bins,
+      and the small matrix makes it about 5x faster than predicting from raw values.
+    - Occluding feature j changes only the trees that split on j; the other trees' leaves
+      cancel in the attribution, so only the trees that use j are evaluated again.
+
+    It reads scikit-learn internals (``_predictors``, ``_baseline_prediction``, ``_bin_mapper``,
+    ``_preprocess_X``). :meth:`of` returns None when they are missing or when the binned sum
+    differs from the model's own prediction on any row or on the reference row; the caller
+    then predicts the whole model.
+    """
+
+    estimator: Any
+    binned: NDArray[np.uint8]  # (rows, model columns)
+    reference_bins: NDArray[np.uint8]  # (model columns,)
+    leaves: NDArray[np.float64]  # (rows, trees)
+    raw: NDArray[np.float64]  # (rows,) the model's raw score
+    inner: NDArray[np.intp]  # input column -> model column
+    users: dict[int, NDArray[np.intp]]  # input column -> trees that split on it
+
+    @classmethod
+    def of(
+        cls,
+        estimator: Any,
+        matrix: NDArray[np.float64],
+        reference_row: NDArray[np.float64],
+        base_logit: NDArray[np.float64],
+    ) -> _TreeSum | None:
+        """Return the binned rows and their tree leaves, or None (see the class docstring).
+
+        Args:
+            estimator: The pipeline's final estimator.
+            matrix: Prepared rows (the pipeline's transformer output).
+            reference_row: The prepared reference row.
+            base_logit: Logit of the model's P(churn) of ``matrix``: the check of the sum.
+        """
+        if not isinstance(estimator, HistGradientBoostingClassifier) or len(matrix) == 0:
+            return None
+        try:
+            predictors = estimator._predictors
+            if len(estimator.classes_) != 2 or any(len(p) != 1 for p in predictors):
+                return None
+            baseline = float(np.asarray(estimator._baseline_prediction).ravel()[0])
+            # Trees index the estimator's own preprocessed columns (categoricals moved first).
+            inner = _inner_columns(estimator, matrix.shape[1])
+            mapper = estimator._bin_mapper
+
+            def bins(rows: NDArray[np.float64]) -> NDArray[np.uint8]:
+                inside = estimator._preprocess_X(rows, reset=False)
+                return np.asarray(mapper.transform(np.asarray(inside, dtype=np.float64)))
+
+            binned = bins(matrix)
+            reference_bins = bins(reference_row[None, :])
+            users: dict[int, list[int]] = {}
+            for t, (tree,) in enumerate(predictors):
+                splits = tree.nodes["feature_idx"][~tree.nodes["is_leaf"].astype(bool)]
+                for f in np.unique(splits):
+                    users.setdefault(int(f), []).append(t)
+            by_input = {
+                j: np.asarray(users[int(inner[j])], dtype=np.intp)
+                for j in range(matrix.shape[1])
+                if int(inner[j]) in users
+            }
+            trees = cls(
+                estimator, binned, reference_bins[0], np.empty((0, 0)), np.empty(0), inner, by_input
+            )
+            leaves = trees._leaves(binned, range(len(predictors)))
+            raw = baseline + leaves.sum(axis=1)
+            reference_raw = baseline + trees._leaves(reference_bins, range(len(predictors))).sum()
+            expected = estimator._raw_predict(reference_row[None, :]).ravel()[0]
+        except (AttributeError, TypeError, ValueError, IndexError, KeyError):
+            return None  # scikit-learn internals moved: predict the whole model instead
+        same = np.allclose(_logit(expit(raw)), base_logit, rtol=1e-9, atol=1e-9)
+        if not (same and np.isclose(reference_raw, expected, rtol=1e-9, atol=1e-9)):
+            return None
+        return cls(estimator, binned, reference_bins[0], leaves, raw, inner, by_input)
+
+    def _leaves(self, binned: NDArray[np.uint8], trees: Any) -> NDArray[np.float64]:
+        est = self.estimator
+        missing = est._bin_mapper.missing_values_bin_idx_
+        threads = _openmp_effective_n_threads()
+        out = np.empty((len(binned), len(trees)), dtype=np.float64)
+        for k, t in enumerate(trees):
+            out[:, k] = est._predictors[t][0].predict_binned(binned, missing, threads)
+        return out
+
+    def proba_with_reference(self, rows: NDArray[np.bool_], feature: int) -> NDArray[np.float64]:
+        """Return P(churn) of the ``rows`` with input column ``feature`` at the reference."""
+        users = self.users.get(feature)
+        raw = self.raw[rows]
+        if users is not None:
+            index = np.flatnonzero(rows)
+            column = self.inner[feature]
+            probe = self.binned[index]
+            probe[:, column] = self.reference_bins[column]
+            before = self.leaves[np.ix_(index, users)].sum(axis=1)
+            raw = raw - before + self._leaves(probe, users).sum(axis=1)
+        return np.asarray(expit(raw), dtype=np.float64)
+
+
+def _inner_columns(estimator: Any, n_inputs: int) -> NDArray[np.intp]:
+    """Return, per input column, its index among a HistGradientBoosting model's own columns.
+
+    With categorical features the estimator reorders its input (``_preprocessor``: encoded
+    categoricals first, then the numbers), and its trees index that order.
+    """
+    pre = estimator._preprocessor
+    if pre is None:
+        return np.arange(n_inputs, dtype=np.intp)
+    inner = np.full(n_inputs, -1, dtype=np.intp)
+    for name, _, cols in pre.transformers_:
+        span = pre.output_indices_[name]
+        picked = np.asarray(cols)
+        idx = np.flatnonzero(picked) if picked.dtype == bool else picked.astype(np.intp)
+        if len(idx) != span.stop - span.start:
+            raise ValueError(f"cannot map the columns of {name!r}")
+        inner[idx] = np.arange(span.start, span.stop)
+    if (inner < 0).any():
+        raise ValueError("some input columns are not used by the model")
+    return inner
 
 
 Phrase = Callable[[float, float, Mapping[str, Any]], str]

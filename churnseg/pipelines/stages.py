@@ -1070,7 +1070,9 @@ def score_batch(frame: pd.DataFrame, context: ScoringContext) -> pd.DataFrame:
     expected value and value at risk.
     """
     segments = context.segmenter.predict(frame)
-    proba = churn_model.churn_probability(context.classifier, frame)
+    # The uncalibrated score is the risk ranking and the attributions' baseline; predicting is
+    # most of a scoring run's cost, so both probabilities come from one prediction.
+    proba, score = churn_model.churn_scores(context.classifier, frame)
     value = expected_value(frame, context.horizon_days)
     names = context.segment_names
     classes = pd.DataFrame(
@@ -1084,9 +1086,6 @@ def score_batch(frame: pd.DataFrame, context: ScoringContext) -> pd.DataFrame:
         index=frame.index,
     )
     classes, _ = apply_overrides(classes, frame, context.overrides)
-    # The uncalibrated score is both the risk ranking and the attributions' baseline: one
-    # prediction for the two (predicting is most of a scoring run's cost).
-    score = churn_model.churn_probability(context.explainer, frame)
     ranking = _risk_ranking(
         context.explainer, frame, proba, value, context.risk_rank_by, score=score
     )
