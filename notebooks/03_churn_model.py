@@ -74,7 +74,13 @@ def train_variant(cfg: Config):
         train, spec, c.candidates, c.search_sample_rows, c.random_state
     )
     model = churn_model.fit_calibrated(
-        train, spec, search.name, search.params, c.calibration, c.random_state
+        train,
+        spec,
+        search.name,
+        search.params,
+        c.calibration,
+        c.random_state,
+        c.fit_sample_rows,
     )
     proba = churn_model.churn_probability(model, validation)
     metrics = {
@@ -113,9 +119,16 @@ for name, override in VARIANTS.items():
 # of the same experiment (none until the flow has run against this state folder).
 
 # %%
-shown = ["tags.churnseg.variant", "params.churn_candidate", "params.churn_calibration",
-         "metrics.val_roc_auc", "metrics.val_pr_auc", "metrics.val_top_decile_lift",
-         "metrics.val_ece", "metrics.val_brier"]
+shown = [
+    "tags.churnseg.variant",
+    "params.churn_candidate",
+    "params.churn_calibration",
+    "metrics.val_roc_auc",
+    "metrics.val_pr_auc",
+    "metrics.val_top_decile_lift",
+    "metrics.val_ece",
+    "metrics.val_brier",
+]
 runs = mlflow.search_runs(
     experiment_ids=[experiment_id],
     filter_string="tags.`churnseg.notebook` = '03_churn_model'",

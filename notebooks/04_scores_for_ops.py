@@ -100,10 +100,12 @@ seg.drop(columns="profile").join(pd.json_normalize(seg.profile.map(json.loads)))
 # How many customers each published snapshot holds, and the latest pipeline runs.
 
 # %%
-display(query(f"""
+display(
+    query(f"""
     SELECT snapshot_date, COUNT(*) AS customers, ROUND(AVG(churn_probability), 3) AS mean_risk
     FROM {scores} GROUP BY snapshot_date ORDER BY snapshot_date DESC
-"""))
+""")
+)
 query(f"""
     SELECT run_id, flow, snapshot_date, status, rows_read, rows_quarantined, rows_published
     FROM {runs} ORDER BY started_at DESC LIMIT 5

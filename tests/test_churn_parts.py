@@ -182,3 +182,69 @@ def test_churn_scores_equal_two_predictions(candidate: str, method: str) -> None
     np.testing.assert_array_equal(proba, churn_model.churn_probability(model, X))
     np.testing.assert_array_equal(score, churn_model.churn_probability(base, X))
     assert not np.array_equal(proba, score), "calibration changed something"
+
+
+def _stacked(cutoffs: int, rows: int, seed: int = 0) -> pd.DataFrame:
+    """Labelled snapshots: ``rows`` customers at each of ``cutoffs`` monthly cutoffs."""
+    from churnseg.models import churn as churn_model
+
+    rng = np.random.default_rng(seed)
+    frames = []
+    for k in range(cutoffs):
+        a = rng.normal(size=rows)
+        frames.append(
+            pd.DataFrame(
+                {
+                    "customer_id": np.arange(rows),
+                    churn_model.SNAPSHOT: pd.Timestamp("2024-01-01") + pd.DateOffset(months=k),
+                    "a": a,
+                    churn_model.LABEL: (a + rng.normal(size=rows) > 0.5).astype(int),
+                }
+            )
+        )
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_sample_rows_takes_a_seeded_subset_of_the_masked_rows() -> None:
+    from churnseg.models import churn as churn_model
+
+    frame = pd.DataFrame({"x": np.arange(100)})
+    mask = frame.x.to_numpy() % 2 == 0
+    picked = churn_model._sample_rows(frame, mask, 10, random_state=4)
+    assert len(picked) == 10 and (picked.x % 2 == 0).all()
+    assert picked.x.is_monotonic_increasing, "rows keep their order"
+    again = churn_model._sample_rows(frame, mask, 10, random_state=4)
+    assert picked.x.tolist() == again.x.tolist()
+    assert churn_model._sample_rows(frame, mask, None, 0).x.tolist() == list(range(0, 100, 2))
+    assert len(churn_model._sample_rows(frame, mask, 500, 0)) == 50
+
+
+def test_backtest_with_later_rows_equals_the_stacked_table() -> None:
+    from churnseg.models import churn as churn_model
+
+    frame = _stacked(4, 300)
+    last = frame[churn_model.SNAPSHOT] == frame[churn_model.SNAPSHOT].max()
+    spec = churn_model.FeatureSpec(["a"], [])
+    params = churn_model.PARAM_GRIDS["logreg"][1]
+    stacked = churn_model.backtest(frame, spec, "logreg", params, 0.1, 10_000)
+    split = churn_model.backtest(
+        frame[~last], spec, "logreg", params, 0.1, 10_000, later=frame[last]
+    )
+    pd.testing.assert_frame_equal(stacked, split)
+    assert len(split) == 3 and split.train_rows.tolist() == [300, 600, 900]
+
+
+def test_fit_calibrated_fits_on_a_sample_and_calibrates_on_every_last_row() -> None:
+    from churnseg.models import churn as churn_model
+
+    frame = _stacked(3, 2000)
+    spec = churn_model.FeatureSpec(["a"], [])
+    params = churn_model.PARAM_GRIDS["hgb"][0]
+    model = churn_model.fit_calibrated(frame, spec, "hgb", params, "isotonic", 0, sample_rows=1000)
+    base = churn_model.ranking_model(model)
+    # Fitted on 1,000 of the 4,000 earlier rows: min_samples_leaf=100 allows at most 10 leaves.
+    assert max(p[0].get_n_leaf_nodes() for p in base[-1]._predictors) <= 10
+    full = churn_model.fit_calibrated(frame, spec, "hgb", params, "isotonic", 0)
+    assert (
+        max(p[0].get_n_leaf_nodes() for p in churn_model.ranking_model(full)[-1]._predictors) > 10
+    )

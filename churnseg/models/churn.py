@@ -160,12 +160,24 @@ def candidate_pipeline(
     return Pipeline([("prep", prep), ("model", model)])
 
 
-def _sample(frame: pd.DataFrame, rows: int, random_state: int) -> pd.DataFrame:
-    return frame.sample(n=rows, random_state=random_state) if len(frame) > rows else frame
+def _sample_rows(
+    frame: pd.DataFrame, mask: NDArray[np.bool_], rows: int | None, random_state: int
+) -> pd.DataFrame:
+    """Return up to ``rows`` rows of ``frame`` where ``mask`` holds, copying only those.
+
+    A seeded sample when more rows qualify; all of them when ``rows`` is None. On a million
+    customers the training table is gigabytes: selecting by position, rather than filtering
+    and then sampling, keeps the filtered copy out of memory.
+    """
+    index = np.flatnonzero(mask)
+    if rows is not None and len(index) > rows:
+        chosen = np.random.default_rng(random_state).choice(index, size=rows, replace=False)
+        index = np.sort(chosen)
+    return frame.iloc[index]
 
 
-def split_last_cutoff(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Return (rows before the last snapshot, rows of the last snapshot).
+def _last_cutoff(frame: pd.DataFrame) -> NDArray[np.bool_]:
+    """Return which rows are of the last snapshot.
 
     Raises:
         ValueError: Fewer than two snapshots (no held-out time to judge on).
@@ -176,7 +188,16 @@ def split_last_cutoff(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
             f"time-aware training needs at least 2 training cutoffs, got {len(cutoffs)}; "
             "raise snapshots.train_cutoffs"
         )
-    last = frame[SNAPSHOT] == cutoffs[-1]
+    return np.asarray(frame[SNAPSHOT].to_numpy() == cutoffs[-1], dtype=bool)
+
+
+def split_last_cutoff(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Return (rows before the last snapshot, rows of the last snapshot).
+
+    Raises:
+        ValueError: Fewer than two snapshots (no held-out time to judge on).
+    """
+    last = _last_cutoff(frame)
     return frame[~last], frame[last]
 
 
@@ -197,8 +218,9 @@ def time_aware_search(
     random_state: int = 0,
 ) -> SearchResult:
     """Return the candidate and parameters with the best ROC AUC on the last training cutoff."""
-    early, last = split_last_cutoff(train)
-    fit_rows = _sample(early, sample_rows, random_state)
+    is_last = _last_cutoff(train)
+    fit_rows = _sample_rows(train, ~is_last, sample_rows, random_state)
+    last = train[is_last]
     trials: list[dict[str, Any]] = []
     for name in candidates:
         for params in PARAM_GRIDS[name]:
@@ -218,11 +240,26 @@ def fit_calibrated(
     params: dict[str, Any],
     method: str,
     random_state: int = 0,
+    sample_rows: int | None = None,
 ) -> CalibratedClassifierCV:
-    """Fit the candidate on all but the last training cutoff; calibrate on the last one."""
-    early, last = split_last_cutoff(train)
+    """Fit the candidate on all but the last training cutoff; calibrate on the last one.
+
+    Args:
+        train: Stacked training snapshots with labels.
+        spec: Model inputs.
+        name: Candidate (``logreg`` or ``hgb``).
+        params: Its parameters (from the search).
+        method: ``isotonic`` or ``sigmoid``.
+        random_state: Seed of the model and of the sample.
+        sample_rows: Fit on a seeded sample of this many rows of the earlier cutoffs (default:
+            all of them); calibration always uses every row of the last cutoff.
+    """
+    is_last = _last_cutoff(train)
+    early = _sample_rows(train, ~is_last, sample_rows, random_state)
+    last = train[is_last]
     base = candidate_pipeline(name, spec, params, random_state)
     base.fit(early[spec.columns], early[LABEL])
+    del early  # the fit keeps no reference; free it before the calibration copies
     calibrated = CalibratedClassifierCV(FrozenEstimator(base), method=method)
     calibrated.fit(last[spec.columns], last[LABEL])
     return calibrated
@@ -251,13 +288,30 @@ def backtest(
     capacity: float,
     sample_rows: int,
     random_state: int = 0,
+    later: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
-    """Return ranking metrics per rolling-origin fold (fit on cutoffs before c, score on c)."""
+    """Return ranking metrics per rolling-origin fold (fit on cutoffs before c, score on c).
+
+    Args:
+        frame: Stacked labelled snapshots; every cutoff after its first is a fold.
+        spec: Model inputs.
+        name: Candidate (``logreg`` or ``hgb``).
+        params: Its parameters.
+        capacity: Share contacted, for recall and lift at capacity.
+        sample_rows: Rows per fold's fit (a seeded sample of the earlier cutoffs).
+        random_state: Seed of the model and of the sample.
+        later: Rows of cutoffs after all of ``frame``'s (the validation snapshot): each is a
+            fold scored by a model fitted on ``frame``, without concatenating the two tables.
+    """
+    snapshots = frame[SNAPSHOT].to_numpy()
     cutoffs = sorted(frame[SNAPSHOT].unique())
+    tests = [(c, lambda c=c: frame[snapshots == c]) for c in cutoffs[1:]]
+    if later is not None:
+        tests += [(c, lambda c=c: later[later[SNAPSHOT] == c]) for c in later[SNAPSHOT].unique()]
     folds = []
-    for cutoff in cutoffs[1:]:
-        past = _sample(frame[frame[SNAPSHOT] < cutoff], sample_rows, random_state)
-        test = frame[frame[SNAPSHOT] == cutoff]
+    for cutoff, rows_of in tests:
+        past = _sample_rows(frame, snapshots < cutoff, sample_rows, random_state)
+        test = rows_of()
         model = candidate_pipeline(name, spec, params, random_state)
         model.fit(past[spec.columns], past[LABEL])
         proba = model.predict_proba(test[spec.columns])[:, 1]

@@ -446,6 +446,12 @@ class ChurnConfig(_Strict):
     search_sample_rows: int = Field(
         200_000, ge=1000, description="Rows used per search and backtest fit (a sample)."
     )
+    fit_sample_rows: int | None = Field(
+        500_000,
+        ge=1000,
+        description="Rows the final model fits on (a seeded sample of the cutoffs before the"
+        " last); null: all. Calibration always uses the whole last cutoff.",
+    )
     contact_capacity: float = Field(
         0.10, gt=0.0, le=1.0, description="Share of customers retention can contact."
     )

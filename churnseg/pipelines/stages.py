@@ -785,7 +785,7 @@ def churn_stage(config: Config, paths: RunPaths) -> ChurnOutcome:
         train, spec, c.candidates, c.search_sample_rows, c.random_state
     )
     model = churn_model.fit_calibrated(
-        train, spec, search.name, search.params, c.calibration, c.random_state
+        train, spec, search.name, search.params, c.calibration, c.random_state, c.fit_sample_rows
     )
     y = validation[churn_model.LABEL].to_numpy()
     proba = churn_model.churn_probability(model, validation)
@@ -813,13 +813,14 @@ def churn_stage(config: Config, paths: RunPaths) -> ChurnOutcome:
     segments = pd.Series(segmenter.predict(validation)).map(seg_names).fillna("(unnamed)")
     by_segment = evaluation.metrics_by_group(y, proba, segments, cap)
     folds = churn_model.backtest(
-        pd.concat([train, validation]),
+        train,
         spec,
         search.name,
         search.params,
         cap,
         c.search_sample_rows,
         c.random_state,
+        later=validation,
     )
     # Importance of the ranking model: calibration is monotone, so the ROC AUC drop is the same,
     # and skipping the calibrator halves the cost of the many predictions this takes.
