@@ -248,3 +248,22 @@ def test_fit_calibrated_fits_on_a_sample_and_calibrates_on_every_last_row() -> N
     assert (
         max(p[0].get_n_leaf_nodes() for p in churn_model.ranking_model(full)[-1]._predictors) > 10
     )
+
+
+def test_reading_the_at_risk_population_keeps_the_same_rows(tmp_path: Path) -> None:
+    from churnseg.pipelines.stages import at_risk_population, read_at_risk_population
+
+    frame = pd.DataFrame(
+        {
+            "customer_id": np.arange(6),
+            "recency_days": [10.0, 400.0, np.nan, 365.0, 366.0, np.nan],
+            "frequency": [3, 2, 0, 1, 0, 1],
+        }
+    )
+    path = tmp_path / "train.parquet"
+    frame.to_parquet(path)
+    read = read_at_risk_population(path, 365)
+    assert read.customer_id.tolist() == [0, 2, 3, 4]  # hand-checked: recent, or never bought
+    expected = at_risk_population(frame, 365).reset_index(drop=True)
+    pd.testing.assert_frame_equal(read, expected)
+    assert len(read_at_risk_population(path, None)) == 6
