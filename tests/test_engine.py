@@ -156,3 +156,20 @@ def test_feature_stage_on_spark_writes_the_duckdb_tables(
     ]
     assert not [t for t in spark.catalog.listTables() if t.name.startswith("churnseg_")]
     assert spark.conf.get("spark.sql.session.timeZone") == "UTC"
+
+
+def test_duckdb_memory_limit_reaches_the_connection(tmp_path: Path) -> None:
+    from churnseg.pipelines.sources import connect_engine
+
+    config = load_config(write(tmp_path, "engine: {duckdb_memory_limit: 1.5GB}\n"), environ={})
+    con = connect_engine(config.engine)
+    limit, spill = con.raw_sql(
+        "select current_setting('memory_limit'), current_setting('temp_directory')"
+    ).fetchone()
+    assert limit == "1.3 GiB"  # 1.5 GB as DuckDB prints it
+    assert spill.endswith("churnseg-duckdb-spill")
+    unlimited = load_config(write(tmp_path, "engine: {duckdb_memory_limit: null}\n"), environ={})
+    default = connect_engine(unlimited.engine).raw_sql("select current_setting('memory_limit')")
+    assert default.fetchone()[0] != "1.3 GiB"
+    with pytest.raises(ConfigError, match="duckdb_memory_limit"):
+        load_config(write(tmp_path, "engine: {duckdb_memory_limit: lots}\n"), environ={})

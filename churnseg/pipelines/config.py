@@ -444,7 +444,10 @@ class ChurnConfig(_Strict):
         " bought yet); long-lapsed customers are churned already, not at risk.",
     )
     search_sample_rows: int = Field(
-        200_000, ge=1000, description="Rows used per search and backtest fit (a sample)."
+        100_000,
+        ge=1000,
+        description="Rows per search and backtest fit, and per evaluation of one (seeded"
+        " samples). Validation always scores every row of the validation cutoff.",
     )
     fit_sample_rows: int | None = Field(
         500_000,
@@ -609,6 +612,13 @@ class EngineConfig(_Strict):
         min_length=1,
         description="pyspark only: Spark master URL (local[N], spark://host:7077, yarn, "
         "k8s://...). An already running session in this process is reused as it is.",
+    )
+    duckdb_memory_limit: str | None = Field(
+        None,
+        pattern=r"^\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)$",
+        description="Embedded DuckDB (extract, clean, features): memory it may use before it"
+        " spills to a temporary folder, e.g. 8GB; null: DuckDB's default, 80% of the machine."
+        " Not every operator spills: the feature build of 1M customers failed at 4GB.",
     )
     spark_conf: dict[str, str | int | float | bool] = Field(
         default_factory=dict,

@@ -175,7 +175,7 @@ def calibration_stage(config: Config, current: RunPaths, data_end: date) -> pd.D
             pd.DataFrame(columns=["snapshot_date", "churn_probability", LABEL]),
             config.monitoring.calibration_tolerance,
         )
-    con = connect_engine()
+    con = connect_engine(config.engine)
     tables = {
         name: con.read_parquet(current.clean / f"{name}.parquet")
         for name in CLEAN_ORDER

@@ -57,11 +57,20 @@ class Extracted:
     rejects_path: Path | None
 
 
-def connect_engine() -> DuckDBBackend:
-    """Return a fresh embedded DuckDB connection for one stage (session time zone UTC)."""
+def connect_engine(engine: EngineConfig | None = None) -> DuckDBBackend:
+    """Return a fresh embedded DuckDB connection for one stage (session time zone UTC).
+
+    Args:
+        engine: Its ``duckdb_memory_limit`` caps DuckDB's memory; beyond it DuckDB spills to
+            a temporary folder. Default: DuckDB's own limit (80% of the machine's memory).
+    """
     con = ibis.duckdb.connect()
     # Timestamps are naive UTC everywhere; casts from zoned values must not use the host zone.
     con.raw_sql("SET TimeZone = 'UTC'")
+    if engine is not None and engine.duckdb_memory_limit is not None:
+        spill = Path(tempfile.gettempdir()) / "churnseg-duckdb-spill"
+        con.raw_sql(f"SET memory_limit = '{engine.duckdb_memory_limit}'")
+        con.raw_sql(f"SET temp_directory = '{spill}'")
     return con
 
 
@@ -210,7 +219,7 @@ def connect_feature_engine(engine: EngineConfig) -> FeatureEngine:
         EngineError: ``pyspark`` is configured but Spark cannot start.
     """
     if engine.backend == "duckdb":
-        return FeatureEngine(connect_engine())
+        return FeatureEngine(connect_engine(engine))
     session = spark_session(engine)
     return FeatureEngine(ibis.pyspark.connect(session), session)
 
@@ -465,7 +474,7 @@ def extract_sources(config: Config, out_dir: Path) -> dict[str, int]:
 
     Source rows count the CSV lines the reader rejected (``<table>.rejects.parquet``) too.
     """
-    con = connect_engine()
+    con = connect_engine(config.engine)
     return {
         name: extract_table(con, name, source, config, out_dir).rows
         for name, source in sorted(config.sources.items())

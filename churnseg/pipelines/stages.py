@@ -278,7 +278,7 @@ def clean_stage(config: Config, paths: RunPaths) -> dict[str, TableQuality]:
     paths.clean.mkdir(parents=True, exist_ok=True)
     paths.quarantine.mkdir(parents=True, exist_ok=True)
     rules = _cleaning_rules(config)
-    con = connect_engine()
+    con = connect_engine(config.engine)
     active = mlflow.active_run()
     run_id = active.info.run_id if active is not None else None
     counts: dict[str, tuple[int, dict[str, int]]] = {}
@@ -439,7 +439,7 @@ def resolve_plan(config: Config, paths: RunPaths) -> CutoffPlan:
     snap = config.snapshots
     as_of = snap.as_of
     if as_of is None:
-        con = connect_engine()
+        con = connect_engine(config.engine)
         t = con.read_parquet(paths.clean / "transactions.parquet")
         last = t.timestamp.max().execute()
         if last is None or pd.isna(last):
@@ -570,7 +570,7 @@ def feature_stage(
     with (
         connect_feature_engine(config.engine) as engine,
         # The BTYD join and the final files run on embedded DuckDB whatever the engine.
-        FeatureEngine(connect_engine()) as local,
+        FeatureEngine(connect_engine(config.engine)) as local,
     ):
         tables = {
             name: engine.read_parquet(paths.clean / f"{name}.parquet")
