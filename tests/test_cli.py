@@ -86,3 +86,16 @@ sources:
     assert "nowhere" in result.output and "Traceback" not in result.output, result.output
     lines = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert len(lines) == 1, f"one error line expected: {result.output}"
+
+
+def test_summary_names_the_stages_a_resumed_run_reused() -> None:
+    from churnseg.pipelines import cli
+
+    summary: dict[str, Any] = {"rows_published": 12, "table": "sqlite customer_scores"}
+    with cli.console.capture() as fresh:
+        cli._print_summary(summary)
+    assert "reused" not in fresh.get()
+    with cli.console.capture() as resumed:
+        cli._print_summary({**summary, "resumed_stages": ["clean", "build-features"]})
+    assert "reused (earlier attempt)" in resumed.get()
+    assert "clean, build-features" in resumed.get()

@@ -160,6 +160,8 @@ def _print_summary(summary: dict[str, Any]) -> None:
         )
     table.add_row("rows published", f"{summary['rows_published']:,}")
     table.add_row("output table", summary["table"])
+    if summary.get("resumed_stages"):  # a re-run after a failure: say what it did not redo
+        table.add_row("reused (earlier attempt)", ", ".join(summary["resumed_stages"]))
     if "mlflow_tracking_uri" in summary:
         table.add_row("MLflow store", summary["mlflow_tracking_uri"])
         table.add_row("MLflow run", summary["mlflow_run_id"])
