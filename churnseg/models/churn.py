@@ -351,15 +351,18 @@ def churn_scores(
     one_calibrator = len(calibrated) == 1 and len(calibrated[0].calibrators) == 1
     if not (one_calibrator and hasattr(ranking, "decision_function")):
         return churn_probability(model, frame), churn_probability(ranking, frame)
-    columns = list(getattr(model, "feature_names_in_", []))
-    data = frame[columns] if columns else frame
-    decision = np.asarray(ranking.decision_function(data), dtype=np.float64).ravel()
+    decision = np.asarray(ranking.decision_function(_inputs(model, frame)), dtype=np.float64)
+    decision = decision.ravel()
     proba = np.asarray(calibrated[0].calibrators[0].predict(decision), dtype=np.float64)
     return proba, np.asarray(expit(decision), dtype=np.float64)
 
 
 def churn_probability(model: Any, frame: pd.DataFrame) -> NDArray[np.float64]:
     """Return P(churn) for each row of a raw feature table."""
+    return np.asarray(model.predict_proba(_inputs(model, frame))[:, 1], dtype=np.float64)
+
+
+def _inputs(model: Any, frame: pd.DataFrame) -> pd.DataFrame:
+    """Return the columns of ``frame`` that ``model`` was fitted on (all when it does not say)."""
     columns = list(getattr(model, "feature_names_in_", []))
-    data = frame[columns] if columns else frame
-    return np.asarray(model.predict_proba(data)[:, 1], dtype=np.float64)
+    return frame[columns] if columns else frame

@@ -254,12 +254,10 @@ class _TreeSum:
                 for j in range(matrix.shape[1])
                 if int(inner[j]) in users
             }
-            trees = cls(
-                estimator, binned, reference_bins[0], np.empty((0, 0)), np.empty(0), inner, by_input
-            )
-            leaves = trees._leaves(binned, range(len(predictors)))
+            every = range(len(predictors))
+            leaves = _tree_leaves(estimator, binned, every)
             raw = baseline + leaves.sum(axis=1)
-            reference_raw = baseline + trees._leaves(reference_bins, range(len(predictors))).sum()
+            reference_raw = baseline + _tree_leaves(estimator, reference_bins, every).sum()
             expected = estimator._raw_predict(reference_row[None, :]).ravel()[0]
         except (AttributeError, TypeError, ValueError, IndexError, KeyError):
             return None  # scikit-learn internals moved: predict the whole model instead
@@ -267,15 +265,6 @@ class _TreeSum:
         if not (same and np.isclose(reference_raw, expected, rtol=1e-9, atol=1e-9)):
             return None
         return cls(estimator, binned, reference_bins[0], leaves, raw, inner, by_input)
-
-    def _leaves(self, binned: NDArray[np.uint8], trees: Any) -> NDArray[np.float64]:
-        est = self.estimator
-        missing = est._bin_mapper.missing_values_bin_idx_
-        threads = _openmp_effective_n_threads()
-        out = np.empty((len(binned), len(trees)), dtype=np.float64)
-        for k, t in enumerate(trees):
-            out[:, k] = est._predictors[t][0].predict_binned(binned, missing, threads)
-        return out
 
     def proba_with_reference(self, rows: NDArray[np.bool_], feature: int) -> NDArray[np.float64]:
         """Return P(churn) of the ``rows`` with input column ``feature`` at the reference."""
@@ -287,8 +276,20 @@ class _TreeSum:
             probe = self.binned[index]
             probe[:, column] = self.reference_bins[column]
             before = self.leaves[np.ix_(index, users)].sum(axis=1)
-            raw = raw - before + self._leaves(probe, users).sum(axis=1)
+            raw = raw - before + _tree_leaves(self.estimator, probe, users).sum(axis=1)
         return np.asarray(expit(raw), dtype=np.float64)
+
+
+def _tree_leaves(
+    estimator: Any, binned: NDArray[np.uint8], trees: Sequence[int] | NDArray[np.intp]
+) -> NDArray[np.float64]:
+    """Return the leaf value of each of ``trees`` (by index) for each binned row."""
+    missing = estimator._bin_mapper.missing_values_bin_idx_
+    threads = _openmp_effective_n_threads()
+    out = np.empty((len(binned), len(trees)), dtype=np.float64)
+    for k, t in enumerate(trees):
+        out[:, k] = estimator._predictors[t][0].predict_binned(binned, missing, threads)
+    return out
 
 
 def _inner_columns(estimator: Any, n_inputs: int) -> NDArray[np.intp]:
