@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import ibis
 import ibis.expr.types as ir
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 TX_COLUMNS = ["order_id", "customer_id", "timestamp", "amount", "is_return"]
 
@@ -38,3 +42,13 @@ def table(frame: pd.DataFrame) -> ir.Table:
 def run(expr: ir.Table, key: str = "customer_id") -> pd.DataFrame:
     """Execute ``expr`` and return it sorted by ``key`` with a fresh index."""
     return expr.execute().sort_values(key).reset_index(drop=True)
+
+
+SAMPLE_TABLES = ("customers", "transactions", "events", "subscriptions")
+
+
+def write_tables(folder: Path, tables: Mapping[str, pa.Table]) -> None:
+    """Write the four sample tables as ``folder/<name>.parquet`` (a stand-in clean stage)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in SAMPLE_TABLES:
+        pq.write_table(tables[name], folder / f"{name}.parquet")

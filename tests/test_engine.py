@@ -20,8 +20,7 @@ from churnseg.pipelines import stages
 from churnseg.pipelines.config import Config, ConfigError, config_as_dict, load_config
 from churnseg.pipelines.sample import SampleSpec, generate_sample
 from tests.conftest import SPARK_TEST_CONF
-
-TABLES = ("customers", "transactions", "events", "subscriptions")
+from tests.helpers import write_tables
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -129,10 +128,7 @@ def test_feature_stage_on_spark_writes_the_duckdb_tables(
     tmp_path: Path, spark: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
     clean = tmp_path / "clean"
-    clean.mkdir()
-    tables = generate_sample(SampleSpec(customers=120, seed=5, dirty_fraction=0.0))
-    for name in TABLES:
-        pq.write_table(tables[name], clean / f"{name}.parquet")
+    write_tables(clean, generate_sample(SampleSpec(customers=120, seed=5, dirty_fraction=0.0)))
 
     duck, duck_counts = _build(tmp_path / "duck", clean, {"backend": "duckdb"})
     sparked, spark_counts = _build(

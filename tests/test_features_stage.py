@@ -8,13 +8,13 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from churnseg.features.btyd import BTYD_FEATURES
 from churnseg.pipelines import stages
 from churnseg.pipelines.config import Config
 from churnseg.pipelines.sample import SampleSpec, generate_sample
+from tests.helpers import SAMPLE_TABLES, write_tables
 
 
 @pytest.fixture(scope="module")
@@ -23,11 +23,8 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[stages.RunPaths, di
     snapshots = {"horizon_days": 60, "train_cutoffs": 3}
     config = Config.model_validate({"state_dir": str(state), "snapshots": snapshots})
     paths = stages.run_paths(config, "run")
-    paths.clean.mkdir(parents=True)
     # A generated sample without dirty rows stands in for the clean stage's output.
-    tables = generate_sample(SampleSpec(customers=400, seed=21, dirty_fraction=0.0))
-    for name in ("customers", "transactions", "events", "subscriptions"):
-        pq.write_table(tables[name], paths.clean / f"{name}.parquet")
+    write_tables(paths.clean, generate_sample(SampleSpec(customers=400, seed=21, dirty_fraction=0)))
     mlflow.set_tracking_uri(f"sqlite:///{state}/mlflow.db")
     with mlflow.start_run():
         plan = stages.resolve_plan(config, paths)
@@ -89,15 +86,6 @@ def test_btyd_predictions_exist_for_buyers_only(
     assert top.btyd_p_alive.mean() > bottom.btyd_p_alive.mean(), "recent buyers more alive"
 
 
-TABLES = ("customers", "transactions", "events", "subscriptions")
-
-
-def _clean_sample(paths: stages.RunPaths, tables: dict[str, pa.Table]) -> None:
-    paths.clean.mkdir(parents=True)
-    for name in TABLES:
-        pq.write_table(tables[name], paths.clean / f"{name}.parquet")
-
-
 def test_scoring_reuses_the_champion_models_channels_and_event_types(tmp_path: Path) -> None:
     """A new top channel after training must not change the columns the champion expects."""
     from sklearn.dummy import DummyClassifier
@@ -116,7 +104,7 @@ def test_scoring_reuses_the_champion_models_channels_and_event_types(tmp_path: P
     stages.configure_mlflow(config)
     tables = generate_sample(SampleSpec(customers=300, seed=3, dirty_fraction=0.0))
     trained = stages.run_paths(config, "retrain")
-    _clean_sample(trained, tables)
+    write_tables(trained.clean, tables)
     with mlflow.start_run():  # a retrain: features, then the churn model from the same run
         plan = stages.resolve_plan(config, trained)
         stages.feature_stage(config, trained, plan)
@@ -138,10 +126,10 @@ def test_scoring_reuses_the_champion_models_channels_and_event_types(tmp_path: P
         "events": pa.Table.from_pandas(ev, preserve_index=False),
     }
     scored = stages.run_paths(config, "score")
-    _clean_sample(scored, later)
+    write_tables(scored.clean, later)
     with connect_feature_engine(config.engine) as engine:
         now = resolve_levels(
-            {n: engine.read_parquet(scored.clean / f"{n}.parquet") for n in TABLES},
+            {n: engine.read_parquet(scored.clean / f"{n}.parquet") for n in SAMPLE_TABLES},
             plan.scoring,
             config.features,
         )

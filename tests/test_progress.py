@@ -19,6 +19,7 @@ from churnseg.pipelines import progress, stages
 from churnseg.pipelines.config import Config
 from churnseg.pipelines.publish import publish_scores, target_from_config
 from churnseg.pipelines.sample import SampleSpec, generate_sample
+from tests.helpers import write_tables
 
 
 class Recorder:
@@ -117,10 +118,7 @@ def features(tmp_path_factory: pytest.TempPathFactory) -> tuple[Config, Recorder
         {"state_dir": str(state), "snapshots": {"horizon_days": 60, "train_cutoffs": 2}}
     )
     paths = stages.run_paths(config, "run")
-    paths.clean.mkdir(parents=True)
-    tables = generate_sample(SampleSpec(customers=150, seed=4, dirty_fraction=0.0))
-    for name in ("customers", "transactions", "events", "subscriptions"):
-        pq.write_table(tables[name], paths.clean / f"{name}.parquet")
+    write_tables(paths.clean, generate_sample(SampleSpec(customers=150, seed=4, dirty_fraction=0)))
     mlflow.set_tracking_uri(f"sqlite:///{state}/mlflow.db")
     recorder = Recorder()
     with mlflow.start_run(), progress.using(recorder):

@@ -14,13 +14,13 @@ from typing import Any
 
 import ibis
 import pandas as pd
-import pyarrow.parquet as pq
 import pytest
 
 from churnseg.features.build import build_features
 from churnseg.features.snapshots import build_training_set
 from churnseg.pipelines.config import FeatureConfig
 from churnseg.pipelines.sample import SampleSpec, generate_sample
+from tests.helpers import SAMPLE_TABLES, write_tables
 from tests.test_features import CONFIG, hand_tables
 
 pytestmark = [
@@ -28,13 +28,12 @@ pytestmark = [
     # pyspark 4.0 on pandas 3: upstream deprecation noise, not ours.
     pytest.mark.filterwarnings("ignore:The copy keyword is deprecated"),
 ]
-TABLES = ("customers", "transactions", "events", "subscriptions")
 
 
 def on_both(folder: Path, spark: Any) -> tuple[dict[str, ibis.Table], dict[str, ibis.Table]]:
     """Return the Parquet tables in ``folder`` on DuckDB and on Spark."""
     duck, sparkcon = ibis.duckdb.connect(), ibis.pyspark.connect(spark)
-    files = {name: str(folder / f"{name}.parquet") for name in TABLES}
+    files = {name: str(folder / f"{name}.parquet") for name in SAMPLE_TABLES}
     return (
         {n: duck.read_parquet(f) for n, f in files.items()},
         {n: sparkcon.read_parquet(f) for n, f in files.items()},
@@ -77,9 +76,7 @@ def test_hand_data_gives_the_same_training_set_on_spark(tmp_path: Path, spark: A
 
 
 def test_generated_sample_gives_the_same_features_on_spark(tmp_path: Path, spark: Any) -> None:
-    tables = generate_sample(SampleSpec(customers=120, seed=7, dirty_fraction=0.0))
-    for name in TABLES:
-        pq.write_table(tables[name], tmp_path / f"{name}.parquet")
+    write_tables(tmp_path, generate_sample(SampleSpec(customers=120, seed=7, dirty_fraction=0.0)))
     duck, sparked = on_both(tmp_path, spark)
     config = FeatureConfig(label="contract")
     as_of = date(2025, 7, 1)
