@@ -6,14 +6,18 @@ from itertools import pairwise
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 
 from churnseg.features.btyd import BTYD_FEATURES
 from churnseg.pipelines import stages
 from churnseg.pipelines.config import Config
 from churnseg.pipelines.sample import SampleSpec, generate_sample
+from churnseg.pipelines.sources import FeatureEngine, connect_engine
 from tests.helpers import SAMPLE_TABLES, write_tables
 
 
@@ -153,3 +157,36 @@ def test_without_a_champion_scoring_resolves_levels_from_data(tmp_path: Path) ->
         update={"features": config.features.model_copy(update={"channels": [], "event_types": []})}
     )
     assert stages.champion_levels(fixed)[1] == "config"
+
+
+def test_btyd_columns_stream_in_order_and_a_shuffled_stage_gives_the_same_file(
+    built: tuple[stages.RunPaths, dict[str, int]], tmp_path: Path
+) -> None:
+    paths, _ = built
+    train = pq.read_table(paths.features / "train.parquet")
+    assert train.column_names[-len(BTYD_FEATURES) :] == list(BTYD_FEATURES)
+    keys = train.select([stages.SNAPSHOT, "customer_id"]).to_pandas()
+    assert keys.equals(keys.sort_values([stages.SNAPSHOT, "customer_id"], ignore_index=True))
+
+    staged = train.drop_columns(list(BTYD_FEATURES))
+    snapshots = sorted(set(staged.column(stages.SNAPSHOT).to_pylist()))
+    parts = [
+        staged.filter(pc.equal(staged.column(stages.SNAPSHOT), pa.scalar(s))) for s in snapshots
+    ]
+    # In order, one file per snapshot: streamed. Reversed and shuffled: joined, then sorted.
+    ordered = [tmp_path / f"ordered{i}.parquet" for i in range(len(parts))]
+    for part, path in zip(parts, ordered, strict=True):
+        pq.write_table(part, path)
+    shuffled = tmp_path / "shuffled.parquet"
+    mixed = pa.concat_tables(parts[::-1])
+    pq.write_table(mixed.take(np.random.default_rng(0).permutation(mixed.num_rows)), shuffled)
+    horizon, period = 60, 7
+    outputs = {}
+    for name, files in {"ordered": ordered, "shuffled": [shuffled]}.items():
+        target = tmp_path / f"{name}.target.parquet"
+        with FeatureEngine(connect_engine()) as local:
+            stages._with_btyd(local.con, files, target, horizon, period)
+        outputs[name] = pq.read_table(target)
+    assert outputs["ordered"].equals(outputs["shuffled"])
+    assert outputs["ordered"].select(staged.column_names).equals(staged)
+    assert all(f.nullable for f in outputs["ordered"].schema)

@@ -139,7 +139,7 @@ def test_feature_stage_reports_one_step_per_table(
     ]
 
 
-def _fake_scores(frame: pd.DataFrame, context: Any) -> pd.DataFrame:
+def _fake_scores(frame: pd.DataFrame, context: Any, first_row: int | None = None) -> pd.DataFrame:
     """``score_batch`` without models: every output column, fixed values."""
     n = len(frame)
     return pd.DataFrame(

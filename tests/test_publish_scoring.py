@@ -34,7 +34,7 @@ def features(n: int) -> pd.DataFrame:
     )
 
 
-def stand_in_batch(frame: pd.DataFrame, context: Any) -> pd.DataFrame:
+def stand_in_batch(frame: pd.DataFrame, context: Any, first_row: int | None = None) -> pd.DataFrame:
     """Scores that depend on the row only, like the real models'; later columns left out."""
     big = frame["monetary_total"] > 100
     return pd.DataFrame(
@@ -56,7 +56,7 @@ def stand_in_batch(frame: pd.DataFrame, context: Any) -> pd.DataFrame:
 @pytest.fixture
 def score(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     metrics: dict[str, float] = {}
-    monkeypatch.setattr(stages, "scoring_context", lambda *args: None)
+    monkeypatch.setattr(stages, "scoring_context", lambda *args, **kwargs: None)
     monkeypatch.setattr(stages, "score_batch", stand_in_batch)
     monkeypatch.setattr(stages.mlflow, "log_metrics", metrics.update)
     source = tmp_path / "features.parquet"
@@ -108,7 +108,7 @@ def test_scores_file_publishes_as_is(score: Any, tmp_path: Path) -> None:
 def test_a_batch_breaking_the_contract_stops_scoring(
     score: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    def no_names(frame: pd.DataFrame, context: Any) -> pd.DataFrame:
+    def no_names(frame: pd.DataFrame, context: Any, first_row: int | None = None) -> pd.DataFrame:
         return stand_in_batch(frame, context).assign(segment_name=None)
 
     monkeypatch.setattr(stages, "score_batch", no_names)

@@ -38,7 +38,10 @@ def mix_features(
     lines = lines_before(transactions, as_of, lambda t: ~is_return(t))
     per_metrics: dict[str, ir.Value] = {
         "n": lines.count(),
-        "units": lines.quantity.fill_null(1).sum(),
+        # Summed as a decimal: DuckDB sums integers into HUGEINT, written to Parquet as DOUBLE,
+        # and Ibis drops a cast to the int64 it believes the sum already is; a decimal sum
+        # keeps the final cast, so the file needs no retyping pass.
+        "units": lines.quantity.fill_null(1).cast(dt.Decimal(18, 0)).sum(),
     }
     for c in channels:
         per_metrics[f"ch_{channel_slugs[c]}"] = lines.count(where=lines.channel == c)

@@ -88,21 +88,32 @@ def labelled_snapshot(
     return labelled.mutate(**{SNAPSHOT: snapshot_literal(as_of)})
 
 
+def training_snapshots(
+    tables: Mapping[str, ir.Table],
+    cutoffs: Sequence[date | datetime],
+    config: FeatureConfig,
+    horizon_days: int,
+) -> list[ir.Table]:
+    """Return one labelled snapshot per cutoff, oldest first, with the same columns.
+
+    Customers join a snapshot only once known at its cutoff, so later joiners are absent from
+    earlier snapshots. Channels and event types are resolved once, at the last cutoff, so every
+    snapshot has the same columns. Built one by one, a large build needs one snapshot's memory.
+    """
+    if not cutoffs:
+        raise ValueError("a training set needs at least one cutoff")
+    t = checked_tables(tables)
+    config = resolve_levels(t, max(cutoff_datetime(c) for c in cutoffs), config)
+    ordered = sorted(cutoffs, key=cutoff_datetime)
+    return [labelled_snapshot(t, c, config, horizon_days) for c in ordered]
+
+
 def build_training_set(
     tables: Mapping[str, ir.Table],
     cutoffs: Sequence[date | datetime],
     config: FeatureConfig,
     horizon_days: int,
 ) -> ir.Table:
-    """Return labelled snapshots at every cutoff stacked into one table.
-
-    Customers join a snapshot only once known at its cutoff, so later joiners are absent from
-    earlier snapshots. Channels and event types are resolved once, at the last cutoff, so every
-    snapshot has the same columns.
-    """
-    if not cutoffs:
-        raise ValueError("build_training_set needs at least one cutoff")
-    t = checked_tables(tables)
-    config = resolve_levels(t, max(cutoff_datetime(c) for c in cutoffs), config)
-    parts = [labelled_snapshot(t, c, config, horizon_days) for c in cutoffs]
+    """Return ``training_snapshots`` stacked into one table."""
+    parts = training_snapshots(tables, cutoffs, config, horizon_days)
     return ibis.union(*parts, distinct=False) if len(parts) > 1 else parts[0]

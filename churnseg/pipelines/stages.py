@@ -20,6 +20,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from ibis.backends.duckdb import Backend as DuckDBBackend
 from mlflow import MlflowClient
@@ -56,10 +57,10 @@ from churnseg.features.labels import label_days
 from churnseg.features.snapshots import (
     SNAPSHOT,
     CutoffPlan,
-    build_training_set,
     labelled_snapshot,
     plan_cutoffs,
     snapshot_literal,
+    training_snapshots,
 )
 from churnseg.models import churn as churn_model
 from churnseg.models import evaluation, reasons
@@ -453,19 +454,28 @@ def resolve_plan(config: Config, paths: RunPaths) -> CutoffPlan:
 
 
 def _with_btyd(
-    con: DuckDBBackend, staged: Path, target: Path, horizon_days: int, period_days: int
+    con: DuckDBBackend, staged: list[Path], target: Path, horizon_days: int, period_days: int
 ) -> dict[str, float]:
-    """Write ``staged`` plus the BTYD predictions (fitted per snapshot) to ``target``.
+    """Write the ``staged`` snapshots and their BTYD predictions (fitted per snapshot) to one file.
 
-    Runs on embedded DuckDB whatever the feature engine: ``staged`` is one Parquet file, and
-    the fit reads only the per-customer summary columns into pandas.
+    ``target`` is ordered by snapshot and customer. When the ``staged`` files are, in that order,
+    with one schema (the feature build writes them so), their rows stream through with the
+    predictions appended, one batch at a time; otherwise embedded DuckDB sorts them first. The
+    fit reads only the per-customer summary columns into pandas.
 
     Returns:
         The fitted parameters of the last snapshot (empty when it could not be fitted).
     """
-    keys = pq.read_table(staged, columns=["customer_id", SNAPSHOT, *SUMMARY])
+    keys = pa.concat_tables(
+        pq.read_table(path, columns=["customer_id", SNAPSHOT, *SUMMARY]) for path in staged
+    )
     # Engines write rows in any order; a fixed order makes the fit bit-identical across them.
-    keys = keys.sort_by([(SNAPSHOT, "ascending"), ("customer_id", "ascending")])
+    order = pc.sort_indices(keys, [(SNAPSHOT, "ascending"), ("customer_id", "ascending")])
+    in_order = np.array_equal(order.to_numpy(), np.arange(keys.num_rows))
+    schemas = [pq.read_schema(path) for path in staged]
+    streamable = in_order and all(schema.equals(schemas[0]) for schema in schemas)
+    if not in_order:
+        keys = keys.take(order)
     summary = keys.select(list(SUMMARY)).to_pandas()
     snapshots = keys.column(SNAPSHOT).to_pandas()
     predictions = pd.DataFrame(index=summary.index, columns=list(BTYD_FEATURES), dtype="float64")
@@ -477,20 +487,41 @@ def _with_btyd(
         params = {f"btyd_{k}": v for k, v in bgnbd.params_.items()} if bgnbd else {}
         params |= {f"gamma_gamma_{k}": v for k, v in gamma.params_.items()} if gamma else {}
     extra = pa.Table.from_pandas(predictions, preserve_index=False)
-    preds_file = staged.with_suffix(".btyd.parquet")
-    pq.write_table(
-        pa.table(
-            [keys.column("customer_id"), keys.column(SNAPSHOT), *extra.columns],
-            names=["customer_id", SNAPSHOT, *BTYD_FEATURES],
-        ),
-        preds_file,
-    )
-    base, preds = con.read_parquet(staged), con.read_parquet(preds_file)
-    joined = base.left_join(preds, ["customer_id", SNAPSHOT])
-    joined = joined.select(*[joined[c] for c in base.columns], *BTYD_FEATURES)
-    con.to_parquet(joined.order_by([SNAPSHOT, "customer_id"]), target)
-    preds_file.unlink()
+    if streamable:
+        _append_columns(staged, extra, target)
+        return params
+    ordered = target.with_name(target.name + ".sorted")
+    base = con.read_parquet([str(path) for path in staged], union_by_name=True)
+    con.to_parquet(base.order_by([SNAPSHOT, "customer_id"]), ordered)
+    _append_columns([ordered], extra, target)
+    ordered.unlink()
     return params
+
+
+# DuckDB's own row group size: the streamed feature files keep the layout DuckDB writes.
+_APPEND_BATCH_ROWS = 122_880
+
+
+def _append_columns(sources: list[Path], extra: pa.Table, target: Path) -> None:
+    """Write the rows of ``sources`` (one schema), then ``extra``'s columns, to ``target``.
+
+    ``extra`` has one row per source row, in order. One batch at a time: the wide table is
+    never in memory whole.
+    """
+    files = [pq.ParquetFile(source) for source in sources]
+    rows = sum(file.metadata.num_rows for file in files)
+    if rows != extra.num_rows:
+        raise ValueError(f"{target.name}: {rows} rows to extend, {extra.num_rows} extra rows")
+    # Nullable like every engine's output: DuckDB marks some staged columns NOT NULL, Spark none.
+    schema = pa.schema([f.with_nullable(True) for f in [*files[0].schema_arrow, *extra.schema]])
+    offset = 0
+    with pq.ParquetWriter(target, schema) as writer:
+        for file in files:
+            for batch in file.iter_batches(batch_size=_APPEND_BATCH_ROWS):
+                more = extra.slice(offset, batch.num_rows)
+                columns = [*batch.columns, *(c.combine_chunks() for c in more.columns)]
+                writer.write_batch(pa.RecordBatch.from_arrays(columns, schema=schema))
+                offset += batch.num_rows
 
 
 # Exact channel and event-type lists as JSON (a level may hold a comma); read by score runs.
@@ -579,20 +610,26 @@ def feature_stage(
         }
         settings = resolve_levels(tables, plan.scoring, features)
         h = plan.horizon_days
+        # Snapshots, oldest first; each is one query, so a build holds one snapshot's state.
         builders = {
-            "train": lambda: build_training_set(tables, plan.training, settings, h),
-            "validation": lambda: labelled_snapshot(tables, plan.validation, settings, h),
-            "scoring": lambda: build_features(tables, plan.scoring, settings).mutate(
-                **{SNAPSHOT: snapshot_literal(plan.scoring)}
-            ),
+            "train": lambda: training_snapshots(tables, plan.training, settings, h),
+            "validation": lambda: [labelled_snapshot(tables, plan.validation, settings, h)],
+            "scoring": lambda: [
+                build_features(tables, plan.scoring, settings).mutate(
+                    **{SNAPSHOT: snapshot_literal(plan.scoring)}
+                )
+            ],
         }
         exprs = {name: build() for name, build in builders.items() if name in only}
-        for name, expr in progress.track(exprs.items(), "building feature tables"):
+        for name, snapshots in progress.track(exprs.items(), "building feature tables"):
             target = paths.features / f"{name}.parquet"
-            staged = paths.features / f"{name}.staged.parquet"
-            engine.write_parquet(expr, staged)
+            staged = [paths.features / f"{name}.staged{i}.parquet" for i in range(len(snapshots))]
+            for expr, path in zip(snapshots, staged, strict=True):
+                # Sorted as the final file is, so the BTYD columns stream in without a join.
+                engine.write_parquet(expr.order_by("customer_id"), path)
             params = _with_btyd(local.con, staged, target, h, settings.btyd_period_days)
-            staged.unlink()
+            for path in staged:
+                path.unlink()
             counts[name] = int(pq.ParquetFile(target).metadata.num_rows)
     mlflow.log_params(
         {
@@ -943,6 +980,11 @@ class ScoringContext:
     reference: dict[str, Any]
     reason_features: tuple[str, ...]
     reasons_top_k: int
+    # (calibrated, ranking) P(churn) of each batch of the ranking pass, by its first row, when
+    # kept (``keep_scores``): scoring that batch takes them instead of predicting it again.
+    batch_scores: dict[int, tuple[NDArray[np.float64], NDArray[np.float64]]] = field(
+        default_factory=dict, repr=False
+    )
 
 
 def expected_value(frame: pd.DataFrame, horizon_days: int) -> NDArray[np.float64]:
@@ -995,11 +1037,20 @@ def _explanations(name: str, version: int) -> tuple[dict[str, Any], tuple[str, .
     return dict(explain["reference"]), tuple(explain["features"])
 
 
-def scoring_context(config: Config, run_id: str, features_path: Path) -> ScoringContext:
+def scoring_context(
+    config: Config, run_id: str, features_path: Path, keep_scores: bool = False
+) -> ScoringContext:
     """Load the champion models and compute population-wide thresholds for a scoring run.
 
     One pass over ``features_path`` collects the tier value and the risk ranking of every
     customer (two floats each), so memory stays bounded at any population size.
+
+    Args:
+        config: The run's config.
+        run_id: The MLflow run the scores belong to.
+        features_path: The scoring feature table.
+        keep_scores: Also keep each batch's churn probabilities (two more floats per customer)
+            in ``batch_scores``, so a scoring pass over the same batches predicts nothing twice.
     """
     seg_name, churn_name = config.mlflow.segmentation_model, config.mlflow.churn_model
     seg_version, churn_version = champion_version(seg_name), champion_version(churn_name)
@@ -1016,18 +1067,22 @@ def scoring_context(config: Config, run_id: str, features_path: Path) -> Scoring
     horizon = config.snapshots.horizon_days
     explainer = churn_model.ranking_model(classifier)
     values, rankings = [], []
+    batch_scores: dict[int, tuple[NDArray[np.float64], NDArray[np.float64]]] = {}
     features = pq.ParquetFile(features_path)
     chunk = config.publish.chunk_rows
     batches = features.iter_batches(batch_size=chunk)
     n_batches = -(-features.metadata.num_rows // chunk)
+    first_row = 0
     for batch in progress.track(batches, "ranking customers (batches)", total=n_batches):
         frame = batch.to_pandas()
-        # Calibrated probabilities only when the ranking needs them (value at risk).
-        proba = (
-            churn_model.churn_probability(classifier, frame) if rank_by == "value_at_risk" else None
-        )
+        # Both probabilities cost one prediction (``churn_scores``), as much as either alone.
+        proba, score = churn_model.churn_scores(classifier, frame)
+        if keep_scores:
+            batch_scores[first_row] = (proba, score)
+        first_row += len(frame)
         values.append(frame[cls.value_column].astype("float64").fillna(0.0).to_numpy())
-        ranking = _risk_ranking(explainer, frame, proba, expected_value(frame, horizon), rank_by)
+        value = expected_value(frame, horizon)
+        ranking = _risk_ranking(explainer, frame, proba, value, rank_by, score=score)
         rankings.append(ranking.to_numpy())
     all_values = pd.Series(np.concatenate(values) if values else np.array([], dtype=float))
     all_ranks = pd.Series(np.concatenate(rankings) if rankings else np.array([], dtype=float))
@@ -1070,20 +1125,33 @@ def scoring_context(config: Config, run_id: str, features_path: Path) -> Scoring
         reference=reference,
         reason_features=tuple(f for f in reason_features if f in reference),
         reasons_top_k=config.churn.reasons_top_k,
+        batch_scores=batch_scores,
     )
 
 
-def score_batch(frame: pd.DataFrame, context: ScoringContext) -> pd.DataFrame:
+def score_batch(
+    frame: pd.DataFrame, context: ScoringContext, first_row: int | None = None
+) -> pd.DataFrame:
     """Return the ``customer_scores`` rows of one batch of scoring features.
 
     Every output column is built here (docs/output_tables.md): segment, value tier, lifecycle
     stage and risk band (business overrides applied last), churn probability, top reasons,
     expected value and value at risk.
+
+    Args:
+        frame: One batch of the scoring feature table.
+        context: The run's models and population-wide thresholds.
+        first_row: The batch's first row in the table: its probabilities are taken from
+            ``context.batch_scores`` when the ranking pass kept them (and they fit the batch).
     """
     segments = context.segmenter.predict(frame)
     # The uncalibrated score is the risk ranking and the attributions' baseline; predicting is
-    # most of a scoring run's cost, so both probabilities come from one prediction.
-    proba, score = churn_model.churn_scores(context.classifier, frame)
+    # most of a scoring run's cost, so both probabilities come from one prediction, made once.
+    known = context.batch_scores.pop(first_row, None) if first_row is not None else None
+    if known is not None and len(known[0]) == len(frame):
+        proba, score = known
+    else:
+        proba, score = churn_model.churn_scores(context.classifier, frame)
     value = expected_value(frame, context.horizon_days)
     names = context.segment_names
     classes = pd.DataFrame(
@@ -1152,7 +1220,7 @@ def score_batches_to_file(
         progress.stage("scoring customers", total_rows) as step,
     ):
         for batch in batches:
-            scores = score_batch(batch.to_pandas(), context)
+            scores = score_batch(batch.to_pandas(), context, first_row)
             arrow = pa.RecordBatch.from_pandas(scores, preserve_index=False)
             writer.write_batch(conform_batch(arrow, CUSTOMER_SCORES, source, first_row))
             first_row += batch.num_rows
@@ -1172,7 +1240,7 @@ def score_stage(config: Config, features_path: Path, out_path: Path, run_id: str
     Returns:
         Rows scored.
     """
-    context = scoring_context(config, run_id, features_path)
+    context = scoring_context(config, run_id, features_path, keep_scores=True)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     partial = out_path.with_name(out_path.name + ".partial")
     features = pq.ParquetFile(features_path)
