@@ -22,6 +22,8 @@ from churnseg.features.contract import CONTRACTS, ColumnKind, TableContract
 
 REASON = "reason"
 ROW = "_row"
+# The first failing row rule, while tagging (dropped from the tagged table).
+_FAILED = "_failed"
 IS_EXTREME = "is_extreme"
 IS_STUB = "is_stub"
 # Conform adds one of these per converted column: a value was present but did not convert.
@@ -323,17 +325,19 @@ def _tag(
             an earlier passing row (in ``order_by``) has the same key.
         order_by: Which copy is kept (the first); default: the source row order.
     """
-    first = _first_failing(rules)
-    passing = first.isnull()
-    order = order_by if order_by is not None else [table[ROW]]
+    # The first failing rule, computed once: the duplicate checks and the reason all read it
+    # (inlined, its lookups such as the unknown-customer join ran once per use).
+    t = table.mutate(**{_FAILED: _first_failing(rules)})
+    passing = t[_FAILED].isnull()
+    order = t.bind(order_by if order_by is not None else [table[ROW]])
     checks: list[tuple[ir.BooleanValue, str]] = []
     for keys, condition, reason in duplicates:
-        window = ibis.window(group_by=[*keys, passing], order_by=order)
+        window = ibis.window(group_by=[*t.bind(keys), passing], order_by=order)
         duplicate = passing & (ibis.row_number().over(window) > 0)
         checks.append((duplicate if condition is None else duplicate & condition, reason))
-    tagged = table.mutate(**{REASON: ibis.coalesce(first, _first_failing(checks))})
+    tagged = t.mutate(**{REASON: ibis.coalesce(t[_FAILED], _first_failing(checks))})
     flags = [c for c in tagged.columns if c.startswith(BAD_PREFIX)]
-    return tagged.drop(*flags) if flags else tagged
+    return tagged.drop(_FAILED, *flags)
 
 
 def split_tagged(name: str, tagged: ir.Table, rules: CleaningRules | None = None) -> Cleaned:
