@@ -81,6 +81,7 @@ def train_variant(cfg: Config):
         c.calibration,
         c.random_state,
         c.fit_sample_rows,
+        c.calibration_sample_rows,
     )
     proba = churn_model.churn_probability(model, validation)
     metrics = {

@@ -234,6 +234,26 @@ def test_backtest_with_later_rows_equals_the_stacked_table() -> None:
     assert len(split) == 3 and split.train_rows.tolist() == [300, 600, 900]
 
 
+def test_fit_calibrated_calibrates_on_a_sample_of_the_last_cutoff_when_asked() -> None:
+    from churnseg.models import churn as churn_model
+
+    frame = _stacked(3, 2000)
+    spec = churn_model.FeatureSpec(["a"], [])
+    params = churn_model.PARAM_GRIDS["hgb"][0]
+
+    def isotonic(calibration_rows: int | None) -> tuple[float, ...]:
+        model = churn_model.fit_calibrated(
+            frame, spec, "hgb", params, "isotonic", 0, calibration_rows=calibration_rows
+        )
+        calibrator = model.calibrated_classifiers_[0].calibrators[0]
+        return tuple(calibrator.X_thresholds_) + tuple(calibrator.y_thresholds_)
+
+    every = isotonic(None)
+    assert isotonic(2000) == every, "a sample as large as the cutoff is the whole cutoff"
+    assert isotonic(500) != every, "500 of the 2,000 last rows give another step function"
+    assert isotonic(500) == isotonic(500), "seeded"
+
+
 def test_fit_calibrated_fits_on_a_sample_and_calibrates_on_every_last_row() -> None:
     from churnseg.models import churn as churn_model
 

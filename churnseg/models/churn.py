@@ -246,6 +246,7 @@ def fit_calibrated(
     method: str,
     random_state: int = 0,
     sample_rows: int | None = None,
+    calibration_rows: int | None = None,
 ) -> CalibratedClassifierCV:
     """Fit the candidate on all but the last training cutoff; calibrate on the last one.
 
@@ -257,11 +258,14 @@ def fit_calibrated(
         method: ``isotonic`` or ``sigmoid``.
         random_state: Seed of the model and of the sample.
         sample_rows: Fit on a seeded sample of this many rows of the earlier cutoffs (default:
-            all of them); calibration always uses every row of the last cutoff.
+            all of them).
+        calibration_rows: Calibrate on a seeded sample of this many rows of the last cutoff
+            (default: all of them). Predicting them is the calibration's cost; an isotonic
+            fit on 200k rows is as smooth as on the 600k of a million customers.
     """
     is_last = _last_cutoff(train)
     early = _sample_rows(train, ~is_last, sample_rows, random_state)
-    last = train[is_last]
+    last = _sample_rows(train, is_last, calibration_rows, random_state + 2)
     base = candidate_pipeline(name, spec, params, random_state)
     base.fit(early[spec.columns], early[LABEL])
     del early  # the fit keeps no reference; free it before the calibration copies

@@ -453,7 +453,13 @@ class ChurnConfig(_Strict):
         500_000,
         ge=1000,
         description="Rows the final model fits on (a seeded sample of the cutoffs before the"
-        " last); null: all. Calibration always uses the whole last cutoff.",
+        " last); null: all.",
+    )
+    calibration_sample_rows: int | None = Field(
+        200_000,
+        ge=1000,
+        description="Rows of the last training cutoff the calibrator is fitted on (a seeded"
+        " sample); null: all of them.",
     )
     contact_capacity: float = Field(
         0.10, gt=0.0, le=1.0, description="Share of customers retention can contact."

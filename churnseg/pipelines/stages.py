@@ -832,7 +832,14 @@ def churn_stage(config: Config, paths: RunPaths) -> ChurnOutcome:
         train, spec, c.candidates, c.search_sample_rows, c.random_state
     )
     model = churn_model.fit_calibrated(
-        train, spec, search.name, search.params, c.calibration, c.random_state, c.fit_sample_rows
+        train,
+        spec,
+        search.name,
+        search.params,
+        c.calibration,
+        c.random_state,
+        c.fit_sample_rows,
+        c.calibration_sample_rows,
     )
     y = validation[churn_model.LABEL].to_numpy()
     proba = churn_model.churn_probability(model, validation)
