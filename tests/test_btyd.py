@@ -179,3 +179,16 @@ def test_btyd_features_fit_each_snapshot_and_leave_non_buyers_null(cdnow: pd.Dat
     )
     tiny, none_fitted, _ = btyd_features(summary.head(1), 90, 7)
     assert none_fitted is None and tiny.isna().all().all(), "too little history: nulls"
+
+
+def test_unique_rows_are_numpys_sorted_unique_rows_with_counts_and_inverse() -> None:
+    from churnseg.features.btyd import _unique_rows
+
+    rng = np.random.default_rng(7)
+    x = rng.integers(0, 4, 500).astype(float)
+    t = rng.integers(0, 3, 500).astype(float) * 0.5
+    (ux, ut), counts, inverse = _unique_rows(x, t)
+    expected, expected_counts = np.unique(np.column_stack([x, t]), axis=0, return_counts=True)
+    assert np.array_equal(np.column_stack([ux, ut]), expected)
+    assert np.array_equal(counts, expected_counts) and counts.sum() == 500
+    assert np.array_equal(ux[inverse], x) and np.array_equal(ut[inverse], t)

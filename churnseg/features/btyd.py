@@ -42,11 +42,26 @@ def _arrays(*values: ArrayLike) -> list[FloatArray]:
     return [np.asarray(v, dtype=np.float64) for v in values]
 
 
+def _unique_rows(*columns: FloatArray) -> tuple[list[FloatArray], FloatArray, NDArray[np.intp]]:
+    """Return the unique rows of ``columns``, their counts, and each row's index among them.
+
+    Rows are sorted, first column first, as ``np.unique(axis=0)`` sorts them; a sorted hash
+    group-by finds them in a fraction of its time (it sorted them as records: 6 s for a
+    million customers).
+    """
+    frame = pd.DataFrame({f"c{i}": column for i, column in enumerate(columns)})
+    groups = frame.groupby(list(frame.columns), sort=True)
+    sizes = groups.size()
+    unique = sizes.index.to_frame(index=False).to_numpy(dtype=np.float64)
+    inverse = np.asarray(groups.ngroup().to_numpy(), dtype=np.intp)
+    counts = np.asarray(sizes.to_numpy(), dtype=np.float64)
+    return [unique[:, i] for i in range(unique.shape[1])], counts, inverse
+
+
 def _compress(*columns: FloatArray) -> tuple[list[FloatArray], FloatArray]:
     """Return the unique rows of ``columns`` and their counts (the likelihood is per row)."""
-    stacked = np.column_stack(columns)
-    unique, counts = np.unique(stacked, axis=0, return_counts=True)
-    return [unique[:, i] for i in range(unique.shape[1])], counts.astype(np.float64)
+    unique, counts, _ = _unique_rows(*columns)
+    return unique, counts
 
 
 def _fit(
@@ -305,8 +320,11 @@ def btyd_features(
     if len(s) < 2 or not (x > 0).any():
         return out, None, None
     bgnbd = BetaGeoModel().fit(x, tx, age)
-    purchases = bgnbd.predict_purchases(horizon_days / period_days, x, tx, age)
-    out.loc[bought, "btyd_p_alive"] = bgnbd.predict_p_alive(x, tx, age)
+    # Both predictions depend on the summary only: computed once per distinct summary (a few
+    # per cent of the customers), then spread back.
+    (ux, utx, uage), _, inverse = _unique_rows(x, tx, age)
+    purchases = bgnbd.predict_purchases(horizon_days / period_days, ux, utx, uage)[inverse]
+    out.loc[bought, "btyd_p_alive"] = bgnbd.predict_p_alive(ux, utx, uage)[inverse]
     out.loc[bought, "btyd_expected_purchases"] = purchases
     gamma: GammaGammaModel | None = None
     if int(((x > 0) & (m > 0)).sum()) >= 2:
