@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import numpy as np
@@ -232,6 +233,33 @@ def test_backtest_with_later_rows_equals_the_stacked_table() -> None:
     )
     pd.testing.assert_frame_equal(stacked, split)
     assert len(split) == 3 and split.train_rows.tolist() == [300, 600, 900]
+
+
+def test_backtest_takes_the_search_winners_fold_instead_of_fitting_it_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from churnseg.models import churn as churn_model
+
+    frame = _stacked(4, 300)
+    spec = churn_model.FeatureSpec(["a"], [])
+    search = churn_model.time_aware_search(frame, spec, ["logreg"], 200, random_state=3)
+    plain = churn_model.backtest(frame, spec, search.name, search.params, 0.1, 200, 3)
+    fits = []
+    real = churn_model.candidate_pipeline
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        fits.append(args[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(churn_model, "candidate_pipeline", counted)
+    reused = churn_model.backtest(
+        frame, spec, search.name, search.params, 0.1, 200, 3, search=search
+    )
+    pd.testing.assert_frame_equal(reused, plain)
+    assert len(reused) == 3 and len(fits) == 2, "the last cutoff's fold is the search's winner"
+    other = {"C": 99.0}
+    churn_model.backtest(frame, spec, "logreg", other, 0.1, 200, 3, search=search)
+    assert len(fits) == 5, "other parameters are not the winner: every fold is fitted"
 
 
 def test_fit_calibrated_calibrates_on_a_sample_of_the_last_cutoff_when_asked() -> None:

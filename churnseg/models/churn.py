@@ -203,11 +203,27 @@ def split_last_cutoff(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 @dataclass(frozen=True)
 class SearchResult:
-    """The chosen candidate and every trial's out-of-time score."""
+    """The chosen candidate, every trial's out-of-time score, and the winner's predictions.
+
+    ``last_cutoff`` and ``last_proba`` are the last training cutoff and the chosen trial's
+    P(churn) of its sampled rows: the backtest fold at that cutoff is this very trial (same
+    samples, same model), so ``backtest`` takes them instead of fitting it again.
+    """
 
     name: str
     params: dict[str, Any]
     trials: list[dict[str, Any]]
+    last_cutoff: Any = None
+    last_proba: NDArray[np.float64] | None = field(default=None, repr=False)
+
+    def fold_proba(
+        self, cutoff: Any, name: str, params: dict[str, Any], rows: int
+    ) -> NDArray[np.float64] | None:
+        """Return the winner's predictions if they are the fold ``(cutoff, name, params)``."""
+        same = (self.last_cutoff, self.name, self.params) == (cutoff, name, params)
+        if same and self.last_proba is not None and len(self.last_proba) == rows:
+            return self.last_proba
+        return None
 
 
 def time_aware_search(
@@ -224,9 +240,11 @@ def time_aware_search(
     whole last cutoff for every trial cost more than the fits, for no better choice.
     """
     is_last = _last_cutoff(train)
-    fit_rows = _sample_rows(train, ~is_last, sample_rows, random_state)
-    last = _sample_rows(train, is_last, sample_rows, random_state + 1)
+    snapshots = train[SNAPSHOT].to_numpy()
+    cutoff = snapshots[is_last][0]
+    fit_rows, last = _fold_rows(train, train, snapshots, cutoff, sample_rows, random_state)
     trials: list[dict[str, Any]] = []
+    predictions = []
     for name in candidates:
         for params in PARAM_GRIDS[name]:
             model = candidate_pipeline(name, spec, params, random_state)
@@ -234,8 +252,35 @@ def time_aware_search(
             proba = model.predict_proba(last[spec.columns])[:, 1]
             score = ranking_metrics(last[LABEL], proba, 0.1)["roc_auc"]
             trials.append({"candidate": name, "params": params, "roc_auc": score})
-    best = max(trials, key=lambda t: (t["roc_auc"], -len(str(t["params"]))))
-    return SearchResult(str(best["candidate"]), dict(best["params"]), trials)
+            predictions.append(np.asarray(proba, dtype=np.float64))
+    chosen = max(
+        range(len(trials)),
+        key=lambda i: (trials[i]["roc_auc"], -len(str(trials[i]["params"]))),
+    )
+    best = trials[chosen]
+    return SearchResult(
+        str(best["candidate"]), dict(best["params"]), trials, cutoff, predictions[chosen]
+    )
+
+
+def _fold_rows(
+    frame: pd.DataFrame,
+    source: pd.DataFrame,
+    snapshots: NDArray[Any],
+    cutoff: Any,
+    sample_rows: int | None,
+    random_state: int,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Return an out-of-time fold: rows of ``frame`` before ``cutoff``, rows of ``source`` at it.
+
+    Both are seeded samples of ``sample_rows``; ``snapshots`` are ``source``'s cutoffs.
+
+    The search and the backtest take their folds here, so the search's winning trial is the
+    backtest's fold at the last training cutoff, row for row.
+    """
+    past = _sample_rows(frame, frame[SNAPSHOT].to_numpy() < cutoff, sample_rows, random_state)
+    test = _sample_rows(source, snapshots == cutoff, sample_rows, random_state + 1)
+    return past, test
 
 
 def fit_calibrated(
@@ -298,6 +343,7 @@ def backtest(
     sample_rows: int,
     random_state: int = 0,
     later: pd.DataFrame | None = None,
+    search: SearchResult | None = None,
 ) -> pd.DataFrame:
     """Return ranking metrics per rolling-origin fold (fit on cutoffs before c, score on c).
 
@@ -312,19 +358,22 @@ def backtest(
         random_state: Seed of the model and of the sample.
         later: Rows of cutoffs after all of ``frame``'s (the validation snapshot): each is a
             fold scored by a model fitted on ``frame``, without concatenating the two tables.
+        search: The search that chose ``name`` and ``params`` on ``frame``: its winner's
+            predictions are the fold at the last cutoff of ``frame`` (not fitted again).
     """
     snapshots = frame[SNAPSHOT].to_numpy()
-    tests = [(c, frame, snapshots == c) for c in np.unique(snapshots)[1:]]
+    tests = [(c, frame, snapshots) for c in np.unique(snapshots)[1:]]
     if later is not None:
         later_snapshots = later[SNAPSHOT].to_numpy()
-        tests += [(c, later, later_snapshots == c) for c in np.unique(later_snapshots)]
+        tests += [(c, later, later_snapshots) for c in np.unique(later_snapshots)]
     folds = []
-    for cutoff, source, at_cutoff in tests:
-        past = _sample_rows(frame, snapshots < cutoff, sample_rows, random_state)
-        test = _sample_rows(source, at_cutoff, sample_rows, random_state + 1)
-        model = candidate_pipeline(name, spec, params, random_state)
-        model.fit(past[spec.columns], past[LABEL])
-        proba = model.predict_proba(test[spec.columns])[:, 1]
+    for cutoff, source, source_snapshots in tests:
+        past, test = _fold_rows(frame, source, source_snapshots, cutoff, sample_rows, random_state)
+        proba = search.fold_proba(cutoff, name, params, len(test)) if search else None
+        if proba is None:
+            model = candidate_pipeline(name, spec, params, random_state)
+            model.fit(past[spec.columns], past[LABEL])
+            proba = model.predict_proba(test[spec.columns])[:, 1]
         folds.append(
             {
                 "cutoff": str(pd.Timestamp(cutoff).date()),

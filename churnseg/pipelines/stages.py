@@ -875,6 +875,7 @@ def churn_stage(config: Config, paths: RunPaths) -> ChurnOutcome:
         c.search_sample_rows,
         c.random_state,
         later=validation,
+        search=search,
     )
     # Importance of the ranking model: calibration is monotone, so the ROC AUC drop is the same,
     # and skipping the calibrator halves the cost of the many predictions this takes.
