@@ -93,3 +93,41 @@ def test_score_flow_republishes_same_snapshot_idempotently(
     merged = before.merge(after, on=["snapshot_date", "customer_id"])
     assert (merged.churn_probability_x == merged.churn_probability_y).all()
     assert (merged.segment_id_x == merged.segment_id_y).all()
+
+
+def test_scoring_predicts_each_customer_once_and_equals_predicting_per_batch(
+    retrained: dict[str, Any], flow_config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mlflow
+    import pyarrow.parquet as pq
+
+    from churnseg.models import churn as churn_model
+    from churnseg.pipelines import stages
+    from churnseg.pipelines.config import load_config
+
+    config = load_config(str(flow_config))
+    config = config.model_copy(
+        update={"publish": config.publish.model_copy(update={"chunk_rows": 300})}
+    )
+    stages.configure_mlflow(config)
+    features = Path(retrained["run_folder"]) / "features" / "scoring.parquet"
+    predicted: list[int] = []
+    real = churn_model.churn_scores
+
+    def counted(model: Any, frame: pd.DataFrame) -> Any:
+        predicted.append(len(frame))
+        return real(model, frame)
+
+    monkeypatch.setattr(churn_model, "churn_scores", counted)
+    with mlflow.start_run():
+        rows = stages.score_stage(config, features, tmp_path / "kept.parquet", "r")
+        # The Dask path's context keeps nothing: each batch predicts its rows itself.
+        context = stages.scoring_context(config, "r", features)
+        assert context.batch_scores == {}
+        batches = pq.ParquetFile(features).iter_batches(batch_size=300)
+        stages.score_batches_to_file(batches, context, tmp_path / "again.parquet", "f")
+    assert rows > 600, "several batches"
+    assert sum(predicted) == 3 * rows, "once in score_stage, twice without kept scores"
+    kept = pd.read_parquet(tmp_path / "kept.parquet").drop(columns="scored_at")
+    again = pd.read_parquet(tmp_path / "again.parquet").drop(columns="scored_at")
+    pd.testing.assert_frame_equal(kept, again)
