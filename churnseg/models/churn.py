@@ -240,9 +240,8 @@ def time_aware_search(
     whole last cutoff for every trial cost more than the fits, for no better choice.
     """
     is_last = _last_cutoff(train)
-    snapshots = train[SNAPSHOT].to_numpy()
-    cutoff = snapshots[is_last][0]
-    fit_rows, last = _fold_rows(train, train, snapshots, cutoff, sample_rows, random_state)
+    cutoff = train[SNAPSHOT].to_numpy()[is_last][0]
+    fit_rows, last = _fold_rows(train, train, cutoff, sample_rows, random_state)
     trials: list[dict[str, Any]] = []
     predictions = []
     for name in candidates:
@@ -266,20 +265,21 @@ def time_aware_search(
 def _fold_rows(
     frame: pd.DataFrame,
     source: pd.DataFrame,
-    snapshots: NDArray[Any],
     cutoff: Any,
     sample_rows: int | None,
     random_state: int,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Return an out-of-time fold: rows of ``frame`` before ``cutoff``, rows of ``source`` at it.
 
-    Both are seeded samples of ``sample_rows``; ``snapshots`` are ``source``'s cutoffs.
+    Both are seeded samples of ``sample_rows``.
 
     The search and the backtest take their folds here, so the search's winning trial is the
     backtest's fold at the last training cutoff, row for row.
     """
     past = _sample_rows(frame, frame[SNAPSHOT].to_numpy() < cutoff, sample_rows, random_state)
-    test = _sample_rows(source, snapshots == cutoff, sample_rows, random_state + 1)
+    test = _sample_rows(
+        source, source[SNAPSHOT].to_numpy() == cutoff, sample_rows, random_state + 1
+    )
     return past, test
 
 
@@ -361,14 +361,12 @@ def backtest(
         search: The search that chose ``name`` and ``params`` on ``frame``: its winner's
             predictions are the fold at the last cutoff of ``frame`` (not fitted again).
     """
-    snapshots = frame[SNAPSHOT].to_numpy()
-    tests = [(c, frame, snapshots) for c in np.unique(snapshots)[1:]]
+    tests = [(c, frame) for c in np.unique(frame[SNAPSHOT].to_numpy())[1:]]
     if later is not None:
-        later_snapshots = later[SNAPSHOT].to_numpy()
-        tests += [(c, later, later_snapshots) for c in np.unique(later_snapshots)]
+        tests += [(c, later) for c in np.unique(later[SNAPSHOT].to_numpy())]
     folds = []
-    for cutoff, source, source_snapshots in tests:
-        past, test = _fold_rows(frame, source, source_snapshots, cutoff, sample_rows, random_state)
+    for cutoff, source in tests:
+        past, test = _fold_rows(frame, source, cutoff, sample_rows, random_state)
         proba = search.fold_proba(cutoff, name, params, len(test)) if search else None
         if proba is None:
             model = candidate_pipeline(name, spec, params, random_state)
