@@ -92,7 +92,7 @@ def spark_session(engine: EngineConfig) -> Any:
     except ImportError:
         raise EngineError(
             "engine.backend is 'pyspark' but pyspark is not installed "
-            "(pip install 'ibis-framework[pyspark]')"
+            "(pip install 'churnseg[spark]')"
         ) from None
     builder = SparkSession.builder.master(engine.spark_master).appName("churnseg")
     settings = {
