@@ -14,10 +14,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from churnseg.features.btyd import BTYD_FEATURES
+from churnseg.features.snapshots import SNAPSHOT
 from churnseg.pipelines import stages
 from churnseg.pipelines.config import Config
 from churnseg.pipelines.sample import SampleSpec, generate_sample
 from churnseg.pipelines.sources import FeatureEngine, connect_engine
+from churnseg.pipelines.stages.feature_tables import _with_btyd
 from tests.helpers import SAMPLE_TABLES, write_tables
 
 
@@ -165,14 +167,12 @@ def test_btyd_columns_stream_in_order_and_a_shuffled_stage_gives_the_same_file(
     paths, _ = built
     train = pq.read_table(paths.features / "train.parquet")
     assert train.column_names[-len(BTYD_FEATURES) :] == list(BTYD_FEATURES)
-    keys = train.select([stages.SNAPSHOT, "customer_id"]).to_pandas()
-    assert keys.equals(keys.sort_values([stages.SNAPSHOT, "customer_id"], ignore_index=True))
+    keys = train.select([SNAPSHOT, "customer_id"]).to_pandas()
+    assert keys.equals(keys.sort_values([SNAPSHOT, "customer_id"], ignore_index=True))
 
     staged = train.drop_columns(list(BTYD_FEATURES))
-    snapshots = sorted(set(staged.column(stages.SNAPSHOT).to_pylist()))
-    parts = [
-        staged.filter(pc.equal(staged.column(stages.SNAPSHOT), pa.scalar(s))) for s in snapshots
-    ]
+    snapshots = sorted(set(staged.column(SNAPSHOT).to_pylist()))
+    parts = [staged.filter(pc.equal(staged.column(SNAPSHOT), pa.scalar(s))) for s in snapshots]
     # In order, one file per snapshot: streamed. Reversed and shuffled: joined, then sorted.
     ordered = [tmp_path / f"ordered{i}.parquet" for i in range(len(parts))]
     for part, path in zip(parts, ordered, strict=True):
@@ -185,7 +185,7 @@ def test_btyd_columns_stream_in_order_and_a_shuffled_stage_gives_the_same_file(
     for name, files in {"ordered": ordered, "shuffled": [shuffled]}.items():
         target = tmp_path / f"{name}.target.parquet"
         with FeatureEngine(connect_engine()) as local:
-            stages._with_btyd(local.con, files, target, horizon, period)
+            _with_btyd(local.con, files, target, horizon, period)
         outputs[name] = pq.read_table(target)
     assert outputs["ordered"].equals(outputs["shuffled"])
     assert outputs["ordered"].select(staged.column_names).equals(staged)

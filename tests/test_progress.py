@@ -19,6 +19,7 @@ from churnseg.pipelines import progress, stages
 from churnseg.pipelines.config import Config
 from churnseg.pipelines.publish import publish_scores, target_from_config
 from churnseg.pipelines.sample import SampleSpec, generate_sample
+from churnseg.pipelines.stages import scoring as scoring_stage
 from tests.helpers import write_tables
 
 
@@ -175,7 +176,7 @@ def test_scoring_reports_rows_and_the_default_changes_nothing(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     config, _, features_path = features
-    monkeypatch.setattr(stages, "score_batch", _fake_scores)
+    monkeypatch.setattr(scoring_stage, "score_batch", _fake_scores)
     rows = pq.ParquetFile(features_path).metadata.num_rows
     silent = _score(features_path, tmp_path / "silent.parquet", rows)
     assert capsys.readouterr() == ("", ""), "no reporter installed: nothing printed"

@@ -20,6 +20,7 @@ from churnseg.pipelines import stages
 from churnseg.pipelines.config import Config, PublishConfig
 from churnseg.pipelines.publish import PublishError, PublishTarget, latest_snapshot, publish_scores
 from churnseg.pipelines.sinks.schema import CUSTOMER_SCORES
+from churnseg.pipelines.stages import scoring as scoring_stage
 
 
 def features(n: int) -> pd.DataFrame:
@@ -56,9 +57,10 @@ def stand_in_batch(frame: pd.DataFrame, context: Any, first_row: int | None = No
 @pytest.fixture
 def score(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     metrics: dict[str, float] = {}
-    monkeypatch.setattr(stages, "scoring_context", lambda *args, **kwargs: None)
-    monkeypatch.setattr(stages, "score_batch", stand_in_batch)
-    monkeypatch.setattr(stages.mlflow, "log_metrics", metrics.update)
+    # score_stage looks these up in its own module.
+    monkeypatch.setattr(scoring_stage, "scoring_context", lambda *args, **kwargs: None)
+    monkeypatch.setattr(scoring_stage, "score_batch", stand_in_batch)
+    monkeypatch.setattr(scoring_stage.mlflow, "log_metrics", metrics.update)
     source = tmp_path / "features.parquet"
     features(23).to_parquet(source, index=False)
 
@@ -111,7 +113,7 @@ def test_a_batch_breaking_the_contract_stops_scoring(
     def no_names(frame: pd.DataFrame, context: Any, first_row: int | None = None) -> pd.DataFrame:
         return stand_in_batch(frame, context).assign(segment_name=None)
 
-    monkeypatch.setattr(stages, "score_batch", no_names)
+    monkeypatch.setattr(scoring_stage, "score_batch", no_names)
     with pytest.raises(PublishError, match=r"'segment_name' has 5 null value\(s\) in rows 0-4"):
         score(5)
     assert not (tmp_path / "scores_5.parquet").exists(), "no scores file from a failed run"

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from churnseg.pipelines import quality as q
-from churnseg.pipelines.stages import DataQualityError, _check_quarantine_share
+from churnseg.pipelines.stages.extract_clean import DataQualityError, _check_quarantine_share
 
 
 def clean_table() -> ibis.Table:

@@ -18,6 +18,7 @@ from churnseg.pipelines.publish import (
     publish_segment_profiles,
     target_from_config,
 )
+from churnseg.pipelines.quality import TableQuality
 from churnseg.pipelines.stages import RunPaths
 
 if TYPE_CHECKING:
@@ -86,7 +87,7 @@ def extract(config: Config, paths: RunPaths) -> dict[str, int]:
 
 
 @task(name="clean", cache_policy=NONE, timeout_seconds=TIMEOUT_COMPUTE)
-def clean(config: Config, paths: RunPaths) -> dict[str, stages.TableQuality]:
+def clean(config: Config, paths: RunPaths) -> dict[str, TableQuality]:
     """Clean and quarantine every table."""
     return stages.clean_stage(config, paths)
 

@@ -1,0 +1,353 @@
+"""Scoring stage: the champions applied to the scoring table, batch by batch, into a file."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from mlflow import MlflowClient
+from numpy.typing import NDArray
+
+from churnseg.features.snapshots import (
+    SNAPSHOT,
+)
+from churnseg.models import churn as churn_model
+from churnseg.models import reasons
+from churnseg.models.classification import (
+    LifecycleRules,
+    Override,
+    RiskBandRule,
+    RiskThresholds,
+    TierThresholds,
+    apply_overrides,
+    assign_risk_bands,
+    assign_tiers,
+    lifecycle_stages,
+    risk_thresholds,
+    tier_thresholds,
+)
+from churnseg.models.registry import (
+    champion_version,
+    load_champion,
+)
+from churnseg.pipelines import progress
+from churnseg.pipelines.config import Config
+from churnseg.pipelines.sinks.schema import CUSTOMER_SCORES, conform_batch
+from churnseg.pipelines.stages.churn_training import EXPLAIN_ARTIFACT
+from churnseg.pipelines.stages.segmenting import segment_names
+
+
+@dataclass(frozen=True)
+class ScoringContext:
+    """Everything a scoring run applies to every batch: models, their versions, run facts.
+
+    Quantities that need the whole population (tier cut values, risk band thresholds) are
+    computed once before the batches, so ``score_batch`` stays a function of one batch and
+    batch scoring gives the same classes as scoring everyone at once.
+    """
+
+    segmenter: Any
+    classifier: Any
+    segmentation_version: int
+    churn_version: int
+    segment_names: dict[int, str]
+    run_id: str
+    scored_at: datetime
+    horizon_days: int
+    value_column: str
+    tiers: TierThresholds
+    risk: RiskThresholds
+    risk_rank_by: str
+    lifecycle: LifecycleRules
+    overrides: tuple[Override, ...]
+    explainer: Any  # the uncalibrated ranking model: reasons and risk ranking
+    reference: dict[str, Any]
+    reason_features: tuple[str, ...]
+    reasons_top_k: int
+    # (calibrated, ranking) P(churn) of each batch of the ranking pass, by its first row, when
+    # kept (``keep_scores``): scoring that batch takes them instead of predicting it again.
+    batch_scores: dict[int, tuple[NDArray[np.float64], NDArray[np.float64]]] = field(
+        default_factory=dict, repr=False
+    )
+
+
+def expected_value(frame: pd.DataFrame, horizon_days: int) -> NDArray[np.float64]:
+    """Return each customer's expected spend over the horizon.
+
+    BG/NBD expected purchases x Gamma-Gamma expected spend (``btyd_expected_value``) where the
+    features have it (0 for customers the models cannot describe); otherwise the last year's
+    spend pro rata.
+    """
+    if "btyd_expected_value" in frame:
+        value = frame["btyd_expected_value"].astype("float64").fillna(0.0)
+    elif "spend_365d" in frame:
+        value = frame["spend_365d"].astype("float64").fillna(0.0) * horizon_days / 365.0
+    else:
+        value = pd.Series(0.0, index=frame.index)
+    return np.asarray(value.clip(lower=0.0), dtype=np.float64)
+
+
+def _risk_ranking(
+    model: Any,
+    frame: pd.DataFrame,
+    proba: NDArray[np.float64] | None,
+    value: NDArray[np.float64],
+    by: str,
+    score: NDArray[np.float64] | None = None,
+) -> pd.Series:
+    """Return what the retention list is ordered by: value at risk, or churn risk.
+
+    Churn risk is ranked by the uncalibrated model's score: it orders customers exactly as the
+    calibrated probability does, but without the ties isotonic calibration creates, so "top
+    10%" is 10% of customers. ``proba`` (calibrated) is needed only for value at risk;
+    ``score`` is the uncalibrated model's P(churn) when the caller has it already.
+    """
+    if by == "value_at_risk":
+        if proba is None:
+            raise ValueError("ranking by value at risk needs churn probabilities")
+        return pd.Series(proba * value, index=frame.index)
+    if score is None:
+        score = churn_model.churn_probability(model, frame)
+    return pd.Series(score, index=frame.index)
+
+
+def _explanations(name: str, version: int) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """Return the reference values and reason features logged with a churn model's run."""
+    run_id = MlflowClient().get_model_version(name, str(version)).run_id
+    try:
+        explain = mlflow.artifacts.load_dict(f"runs:/{run_id}/{EXPLAIN_ARTIFACT}")
+    except Exception:  # a model trained before reasons existed: score it without reasons
+        return {}, ()
+    return dict(explain["reference"]), tuple(explain["features"])
+
+
+def scoring_context(
+    config: Config, run_id: str, features_path: Path, keep_scores: bool = False
+) -> ScoringContext:
+    """Load the champion models and compute population-wide thresholds for a scoring run.
+
+    One pass over ``features_path`` collects the tier value and the risk ranking of every
+    customer (two floats each), so memory stays bounded at any population size.
+
+    Args:
+        config: The run's config.
+        run_id: The MLflow run the scores belong to.
+        features_path: The scoring feature table.
+        keep_scores: Also keep each batch's churn probabilities (two more floats per customer)
+            in ``batch_scores``, so a scoring pass over the same batches predicts nothing twice.
+    """
+    seg_name, churn_name = config.mlflow.segmentation_model, config.mlflow.churn_model
+    seg_version, churn_version = champion_version(seg_name), champion_version(churn_name)
+    classifier = load_champion(churn_name)
+    cls, bands = config.classification, config.churn.risk_bands
+    rule = RiskBandRule(
+        mode=bands.mode,
+        high_share=bands.high_share,
+        medium_share=bands.medium_share,
+        contact_cost=bands.contact_cost,
+        save_rate=bands.save_rate,
+    )
+    rank_by = "value_at_risk" if bands.mode == "cost" else bands.rank_by
+    horizon = config.snapshots.horizon_days
+    explainer = churn_model.ranking_model(classifier)
+    values, rankings = [], []
+    batch_scores: dict[int, tuple[NDArray[np.float64], NDArray[np.float64]]] = {}
+    features = pq.ParquetFile(features_path)
+    chunk = config.publish.chunk_rows
+    batches = features.iter_batches(batch_size=chunk)
+    n_batches = -(-features.metadata.num_rows // chunk)
+    first_row = 0
+    for batch in progress.track(batches, "ranking customers (batches)", total=n_batches):
+        frame = batch.to_pandas()
+        # Both probabilities cost one prediction (``churn_scores``), as much as either alone.
+        proba, score = churn_model.churn_scores(classifier, frame)
+        if keep_scores:
+            batch_scores[first_row] = (proba, score)
+        first_row += len(frame)
+        values.append(frame[cls.value_column].astype("float64").fillna(0.0).to_numpy())
+        value = expected_value(frame, horizon)
+        ranking = _risk_ranking(explainer, frame, proba, value, rank_by, score=score)
+        rankings.append(ranking.to_numpy())
+    all_values = pd.Series(np.concatenate(values) if values else np.array([], dtype=float))
+    all_ranks = pd.Series(np.concatenate(rankings) if rankings else np.array([], dtype=float))
+    tiers = tier_thresholds(all_values, cls.tier_cuts)
+    risk = risk_thresholds(all_ranks, rule)
+    reference, reason_features = _explanations(churn_name, churn_version)
+    mlflow.log_params(
+        {
+            "tier_a_min_value": round(tiers.a_min, 4),
+            "tier_b_min_value": round(tiers.b_min, 4),
+            "risk_high_min": round(risk.high_min, 6),
+            "risk_medium_min": round(risk.medium_min, 6),
+        }
+    )
+    return ScoringContext(
+        segmenter=load_champion(seg_name),
+        classifier=classifier,
+        segmentation_version=seg_version,
+        churn_version=churn_version,
+        segment_names=segment_names(seg_name, seg_version),
+        run_id=run_id,
+        scored_at=datetime.now(UTC).replace(microsecond=0),
+        horizon_days=horizon,
+        value_column=cls.value_column,
+        tiers=tiers,
+        risk=risk,
+        risk_rank_by=rank_by,
+        lifecycle=LifecycleRules(
+            new_within_days=cls.new_within_days,
+            churned_after_days=cls.churned_after_days,
+            trend_window_days=cls.trend_window_days,
+            growing_ratio=cls.growing_ratio,
+            declining_ratio=cls.declining_ratio,
+        ),
+        overrides=tuple(
+            Override(o.column, o.op, o.value, {str(k): v for k, v in o.set.items()})
+            for o in cls.overrides
+        ),
+        explainer=explainer,
+        reference=reference,
+        reason_features=tuple(f for f in reason_features if f in reference),
+        reasons_top_k=config.churn.reasons_top_k,
+        batch_scores=batch_scores,
+    )
+
+
+def score_batch(
+    frame: pd.DataFrame, context: ScoringContext, first_row: int | None = None
+) -> pd.DataFrame:
+    """Return the ``customer_scores`` rows of one batch of scoring features.
+
+    Every output column is built here (docs/output_tables.md): segment, value tier, lifecycle
+    stage and risk band (business overrides applied last), churn probability, top reasons,
+    expected value and value at risk.
+
+    Args:
+        frame: One batch of the scoring feature table.
+        context: The run's models and population-wide thresholds.
+        first_row: The batch's first row in the table: its probabilities are taken from
+            ``context.batch_scores`` when the ranking pass kept them (and they fit the batch).
+    """
+    segments = context.segmenter.predict(frame)
+    # The uncalibrated score is the risk ranking and the attributions' baseline; predicting is
+    # most of a scoring run's cost, so both probabilities come from one prediction, made once.
+    known = context.batch_scores.pop(first_row, None) if first_row is not None else None
+    if known is not None and len(known[0]) == len(frame):
+        proba, score = known
+    else:
+        proba, score = churn_model.churn_scores(context.classifier, frame)
+    value = expected_value(frame, context.horizon_days)
+    names = context.segment_names
+    classes = pd.DataFrame(
+        {
+            "segment_name": [names.get(int(s), f"Segment {s}") for s in segments],
+            "value_tier": assign_tiers(
+                frame[context.value_column].astype("float64").fillna(0.0), context.tiers
+            ).to_numpy(),
+            "lifecycle_stage": lifecycle_stages(frame, context.lifecycle).to_numpy(),
+        },
+        index=frame.index,
+    )
+    classes, _ = apply_overrides(classes, frame, context.overrides)
+    ranking = _risk_ranking(
+        context.explainer, frame, proba, value, context.risk_rank_by, score=score
+    )
+    if context.reason_features:
+        contributions = reasons.attributions(
+            context.explainer, frame, context.reason_features, context.reference, base=score
+        )
+        why = reasons.top_reasons(
+            contributions, frame, context.reference, context.reasons_top_k
+        ).to_numpy()
+    else:
+        why = np.full(len(frame), None, dtype=object)
+    return pd.DataFrame(
+        {
+            "customer_id": frame["customer_id"].to_numpy(),
+            "snapshot_date": frame[SNAPSHOT].to_numpy(),
+            "segment_id": segments.astype("int64"),
+            "segment_name": classes["segment_name"].to_numpy(),
+            "value_tier": classes["value_tier"].to_numpy(),
+            "lifecycle_stage": classes["lifecycle_stage"].to_numpy(),
+            "churn_probability": proba.astype("float64"),
+            "risk_band": assign_risk_bands(ranking, context.risk).to_numpy(),
+            "top_reasons": why,
+            "expected_value": value,
+            "value_at_risk": value * proba,
+            "segmentation_model_version": context.segmentation_version,
+            "churn_model_version": context.churn_version,
+            "run_id": context.run_id,
+            # ISO text, typed on write: pyarrow warns converting tz-aware pandas columns.
+            "scored_at": context.scored_at.isoformat(),
+        }
+    )
+
+
+def score_batches_to_file(
+    batches: Iterable[pa.RecordBatch],
+    context: ScoringContext,
+    path: Path,
+    source: str,
+    first_row: int = 0,
+    total_rows: int | None = None,
+) -> tuple[int, float]:
+    """Score feature batches into a Parquet file of conformed ``customer_scores`` rows.
+
+    Progress is reported in rows (of ``total_rows`` when given) to the installed reporter.
+
+    Returns:
+        Rows scored and the sum of their churn probabilities.
+    """
+    rows, proba_sum = 0, 0.0
+    with (
+        pq.ParquetWriter(path, CUSTOMER_SCORES.arrow_schema()) as writer,
+        progress.stage("scoring customers", total_rows) as step,
+    ):
+        for batch in batches:
+            scores = score_batch(batch.to_pandas(), context, first_row)
+            arrow = pa.RecordBatch.from_pandas(scores, preserve_index=False)
+            writer.write_batch(conform_batch(arrow, CUSTOMER_SCORES, source, first_row))
+            first_row += batch.num_rows
+            rows += len(scores)
+            proba_sum += float(scores["churn_probability"].sum())
+            step.advance(batch.num_rows)
+    return rows, proba_sum
+
+
+def score_stage(config: Config, features_path: Path, out_path: Path, run_id: str) -> int:
+    """Score a feature table with the champion models in batches; write the scores file.
+
+    Reads ``publish.chunk_rows`` rows at a time and appends each scored batch to the output, so
+    memory stays bounded whatever the number of customers. The file appears complete or not
+    at all (written beside, then renamed).
+
+    Returns:
+        Rows scored.
+    """
+    context = scoring_context(config, run_id, features_path, keep_scores=True)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    partial = out_path.with_name(out_path.name + ".partial")
+    features = pq.ParquetFile(features_path)
+    batches = features.iter_batches(batch_size=config.publish.chunk_rows)
+    rows, proba_sum = score_batches_to_file(
+        batches, context, partial, features_path.name, total_rows=features.metadata.num_rows
+    )
+    partial.replace(out_path)
+    log_scoring_metrics(rows, proba_sum)
+    return rows
+
+
+def log_scoring_metrics(rows: int, proba_sum: float, **extra: float) -> None:
+    """Log rows scored and their mean churn probability (plus ``extra``) to the active run."""
+    metrics = {"rows_scored": float(rows), **extra}
+    if rows:
+        metrics["mean_churn_probability"] = proba_sum / rows
+    mlflow.log_metrics(metrics)
