@@ -28,7 +28,7 @@ from churnseg.models.registry import champion_version, find_champion, load_champ
 from churnseg.models.segmentation import migration_table
 from churnseg.pipelines.config import Config
 from churnseg.pipelines.sources import connect_engine, database_url
-from churnseg.pipelines.stages import CLEAN_ORDER, RunPaths, segment_names
+from churnseg.pipelines.stages import CLEAN_ORDER, RunPaths, read_feature_table, segment_names
 
 RUN_FOLDER_TAG = "churnseg.run_folder"
 FLAGGED_TAG = "churnseg.drift_flagged"
@@ -108,7 +108,7 @@ def drift_stage(config: Config, reference: Path, current: Path) -> DriftOutcome:
         current: The current scoring feature table.
     """
     m = config.monitoring
-    ref, cur = pd.read_parquet(reference), pd.read_parquet(current)
+    ref, cur = read_feature_table(reference), read_feature_table(current)
     classifier = load_champion(config.mlflow.churn_model)
     psi = drift.feature_psi(
         ref, cur, feature_columns(classifier, ref), m.psi_thresholds.model_dump(), m.psi_bins

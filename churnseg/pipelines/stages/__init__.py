@@ -22,6 +22,7 @@ from churnseg.pipelines.stages.feature_tables import (
     LEVELS_PARAM,
     champion_levels,
     feature_stage,
+    read_feature_table,
 )
 from churnseg.pipelines.stages.run_folder import (
     CLEAN_ORDER,
@@ -80,6 +81,7 @@ __all__ = [
     "log_scoring_metrics",
     "new_run_key",
     "read_at_risk_population",
+    "read_feature_table",
     "resolve_plan",
     "run_paths",
     "score_batch",

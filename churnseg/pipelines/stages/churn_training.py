@@ -8,7 +8,6 @@ from pathlib import Path
 
 import mlflow
 import pandas as pd
-import pyarrow.parquet as pq
 from sklearn.inspection import permutation_importance
 
 from churnseg.models import churn as churn_model
@@ -25,6 +24,7 @@ from churnseg.models.registry import (
     record_rejection,
 )
 from churnseg.pipelines.config import Config
+from churnseg.pipelines.stages.feature_tables import read_feature_table
 from churnseg.pipelines.stages.run_folder import RunPaths
 from churnseg.pipelines.stages.segmenting import segment_names
 
@@ -58,10 +58,10 @@ def read_at_risk_population(path: Path, max_recency_days: int | None) -> pd.Data
     of it is long-lapsed: reading only the kept rows saves that copy. Same rows, same order.
     """
     if max_recency_days is None:
-        return pd.read_parquet(path)
+        return read_feature_table(path)
     # Missing recency (never bought) fails the first test and passes the second, as in pandas.
     keep = [[("recency_days", "<=", max_recency_days)], [("frequency", "==", 0)]]
-    return pq.read_table(path, filters=keep).to_pandas()
+    return read_feature_table(path, filters=keep)
 
 
 def _p_alive_column(frame: pd.DataFrame) -> str | None:

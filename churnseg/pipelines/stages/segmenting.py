@@ -24,6 +24,7 @@ from churnseg.models.registry import (
 )
 from churnseg.pipelines import progress
 from churnseg.pipelines.config import Config
+from churnseg.pipelines.stages.feature_tables import read_feature_table
 from churnseg.pipelines.stages.run_folder import RunPaths
 
 SEGMENT_NAMES_TAG = "segment_names"
@@ -77,7 +78,7 @@ def segmentation_stage(config: Config, paths: RunPaths, run_id: str = "") -> Seg
     """
     s = config.segmentation
     model_name = config.mlflow.segmentation_model
-    frame = pd.read_parquet(paths.features / "scoring.parquet")
+    frame = read_feature_table(paths.features / "scoring.parquet")
     candidates = max(min(s.k_max, len(frame) - 1) - s.k_min + 1, 0)
     with progress.stage("segmentation: trying k", candidates) as step:
         pipeline = segmentation_pipeline_from_config(config).fit(
@@ -99,7 +100,7 @@ def segmentation_stage(config: Config, paths: RunPaths, run_id: str = "") -> Seg
     names = seg_model.name_segments(profiles, s.features, rules, keep=keep)
     profiles.insert(1, "segment_name", profiles.segment_id.map(names))
 
-    validation = pd.read_parquet(paths.features / "validation.parquet")
+    validation = read_feature_table(paths.features / "validation.parquet")
     before = validation.assign(segment_id=pipeline.predict(validation))
     churn_rate = before.groupby("segment_id")["churned"].mean()
     profiles["churn_rate"] = profiles.segment_id.map(churn_rate)
