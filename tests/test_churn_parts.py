@@ -156,7 +156,9 @@ def test_prepared_attributions_equal_plain_occlusion(candidate: str) -> None:
 
 @pytest.mark.parametrize("method", ["isotonic", "sigmoid"])
 @pytest.mark.parametrize("candidate", ["logreg", "hgb"])
-def test_churn_scores_equal_two_predictions(candidate: str, method: str) -> None:
+def test_churn_scores_equal_two_predictions(
+    candidate: str, method: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """One decision function gives the calibrated and the ranking probabilities exactly."""
     from sklearn.calibration import CalibratedClassifierCV
     from sklearn.frozen import FrozenEstimator
@@ -183,6 +185,11 @@ def test_churn_scores_equal_two_predictions(candidate: str, method: str) -> None
     np.testing.assert_array_equal(proba, churn_model.churn_probability(model, X))
     np.testing.assert_array_equal(score, churn_model.churn_probability(base, X))
     assert not np.array_equal(proba, score), "calibration changed something"
+    # Predicted in chunks of 64 rows (the last one short): what one call on every row gives.
+    monkeypatch.setattr(churn_model, "PREDICT_ROWS", 64)
+    np.testing.assert_array_equal(
+        churn_model.churn_probability(model, X), model.predict_proba(X)[:, 1]
+    )
 
 
 def _stacked(cutoffs: int, rows: int, seed: int = 0) -> pd.DataFrame:
