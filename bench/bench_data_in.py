@@ -9,24 +9,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from peak_memory import peak_rss_mb
+
 PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
-
-
-def _peak_rss_mb() -> float:
-    # Linux keeps ru_maxrss across exec (a child reports its parent's peak): read VmHWM instead.
-    status = Path("/proc/self/status")
-    if status.exists():
-        for line in status.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
 def _config(out: Path, kind: str) -> dict[str, object]:
@@ -63,7 +53,7 @@ def _step(config_json: str, step: str) -> None:
     else:
         rows = stages.clean_stage(config, paths)["transactions"].rows
     seconds = time.perf_counter() - started
-    print(json.dumps({"rows": rows, "seconds": round(seconds, 2), "rss_mb": round(_peak_rss_mb())}))
+    print(json.dumps({"rows": rows, "seconds": round(seconds, 2), "rss_mb": round(peak_rss_mb())}))
 
 
 def _load_databases(out: Path, postgres: bool) -> None:

@@ -19,20 +19,16 @@ import multiprocessing as mp
 import os
 import resource
 import statistics
-import sys
 import tempfile
 import time
 from datetime import date
 from pathlib import Path
 from typing import Any
 
+from peak_memory import peak_rss_mb
+
 AS_OF = date(2026, 1, 1)  # the generator's "today": the scoring cutoff of a run
 TABLES = ("customers", "transactions", "events", "subscriptions")
-
-
-def _peak_rss_mb() -> float:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
 def _load() -> str:
@@ -147,7 +143,7 @@ def task(kind: str, folder: str, out: str) -> dict[str, Any]:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     # CPU seconds (both cores) include imports; on a shared machine they vary less than wall time.
     result["cpu_s"] = usage.ru_utime + usage.ru_stime
-    result["peak_rss_mb"] = _peak_rss_mb()
+    result["peak_rss_mb"] = peak_rss_mb()
     meta = pq.read_metadata(out)
     result["rows"], result["columns"] = meta.num_rows, meta.num_columns
     return result

@@ -29,14 +29,14 @@ import argparse
 import json
 import multiprocessing as mp
 import os
-import resource
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-MB = 1024 * 1024
+from peak_memory import peak_rss_mb
+
 PG_URL = os.environ.get("CHURNSEG_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 # Stages in pipeline order: each reads what the one before wrote into the run folder.
 STAGES = (
@@ -48,11 +48,6 @@ STAGES = (
     "publish-sqlite",
     "publish-postgres",
 )
-
-
-def _peak_rss_mb() -> float:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / MB if sys.platform == "darwin" else peak / 1024
 
 
 def _load() -> str:
@@ -151,7 +146,7 @@ def run_stage(stage: str, env: dict[str, str], run_folder: str, run_id: str) -> 
         else:
             raise ValueError(stage)
         out["seconds"] = time.perf_counter() - began
-    out["peak_rss_mb"] = _peak_rss_mb()
+    out["peak_rss_mb"] = peak_rss_mb()
     return out
 
 
@@ -232,7 +227,7 @@ def run_reference(kind: str, env: dict[str, str], run_folder: str, run_id: str) 
         out["seconds"] = time.perf_counter() - began
     else:
         raise ValueError(kind)
-    out["peak_rss_mb"] = _peak_rss_mb()
+    out["peak_rss_mb"] = peak_rss_mb()
     return out
 
 
@@ -253,7 +248,7 @@ def run_flow(kind: str, env: dict[str, str], features_path: str) -> dict[str, An
         raise ValueError(kind)
     return {
         "seconds": time.perf_counter() - began,
-        "peak_rss_mb": _peak_rss_mb(),
+        "peak_rss_mb": peak_rss_mb(),
         "rows_published": summary["rows_published"],
         "val_roc_auc": summary.get("val_roc_auc"),
     }
