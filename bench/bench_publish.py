@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -25,16 +24,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from peak_memory import peak_rss_mb
 
 from churnseg.pipelines.publish import PublishTarget, publish_scores
 from churnseg.pipelines.sinks.schema import CUSTOMER_SCORES
 
 SNAPSHOT = "2026-03-01"
-
-
-def _peak_rss_mb() -> float:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
 def synthetic_scores(rows: int, path: Path, seed: int = 0) -> Path:
@@ -165,12 +160,12 @@ def score_child(config_path: str, features: str, out: str, chunk_rows: str) -> N
     )
     config = config.model_copy(update={"publish": publish})
     stages.configure_mlflow(config)
-    baseline = _peak_rss_mb()
+    baseline = peak_rss_mb()
     with mlflow.start_run(run_name="bench-score") as run:
         began = time.perf_counter()
         rows = stages.score_stage(config, Path(features), Path(out), run.info.run_id)
         seconds = time.perf_counter() - began
-    report = {"rows": rows, "seconds": seconds, "peak_mb": _peak_rss_mb(), "baseline": baseline}
+    report = {"rows": rows, "seconds": seconds, "peak_mb": peak_rss_mb(), "baseline": baseline}
     print(json.dumps(report))
 
 
@@ -238,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
             bench_sqlite(path, args.rows, folder)
             if args.pg_url:
                 bench_postgres(path, args.rows, args.pg_url)
-            print(f"  publisher process peak RSS {_peak_rss_mb():,.0f} MB")
+            print(f"  publisher process peak RSS {peak_rss_mb():,.0f} MB")
         if not args.skip_score:
             print(f"scoring {args.rows:,} customers with the champion models")
             chunks = [int(c) for c in args.chunks.split(",")]

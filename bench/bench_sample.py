@@ -7,18 +7,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import sys
 import time
 from pathlib import Path
 
+from peak_memory import peak_rss_mb
+
 from churnseg.pipelines.sample import SampleSpec, write_sample
-
-
-def _peak_rss_mb() -> float:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    # Linux reports kilobytes, macOS bytes.
-    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     manifest = json.loads(paths["manifest"].read_text())
     print(f"customers:     {args.customers:,} ({args.format}, seed {args.seed})")
     print(f"wall time:     {elapsed:.1f} s")
-    print(f"peak RSS:      {_peak_rss_mb():,.0f} MB")
+    print(f"peak RSS:      {peak_rss_mb():,.0f} MB")
     for name, rows in manifest["row_counts"].items():
         size_mb = paths[name].stat().st_size / 1e6
         print(f"  {name:<14} {rows:>12,} rows  {size_mb:>9.1f} MB")

@@ -120,8 +120,8 @@ def drift_stage(config: Config, reference: Path, current: Path) -> DriftOutcome:
     segmenter = load_champion(seg_name)
     names = segment_names(seg_name, champion_version(seg_name))
     migration = migration_table(
-        ref.assign(segment_id=segmenter.predict(ref)),
-        cur.assign(segment_id=segmenter.predict(cur)),
+        ref[["customer_id"]].assign(segment_id=segmenter.predict(ref)),
+        cur[["customer_id"]].assign(segment_id=segmenter.predict(cur)),
         names,
     )
     return DriftOutcome(psi, score, migration, drift.moved_share(migration))

@@ -162,6 +162,8 @@ def read_feature_table(path: Path, filters: Any = None) -> pd.DataFrame:
     The same frame as ``pd.read_parquet``, built column by column: each Arrow column is freed
     once converted and pandas skips its consolidation copy. At a million customers the
     at-risk training rows (2.2M x 107) read in 2.5 s at 3.5 GB peak instead of 8.4 s at 4.4 GB.
+    The frame keeps one block per column: select the columns you need before adding one, or
+    pandas copies the whole table and warns that it is fragmented.
     """
     table = pq.read_table(path, filters=filters)
     return table.to_pandas(split_blocks=True, self_destruct=True)

@@ -101,10 +101,13 @@ def segmentation_stage(config: Config, paths: RunPaths, run_id: str = "") -> Seg
     profiles.insert(1, "segment_name", profiles.segment_id.map(names))
 
     validation = read_feature_table(paths.features / "validation.parquet")
-    before = validation.assign(segment_id=pipeline.predict(validation))
+    # Narrow frames: adding a column to a whole feature table copies it (and warns, since
+    # read_feature_table gives one block per column).
+    before = validation[["customer_id", "churned"]].assign(segment_id=pipeline.predict(validation))
     churn_rate = before.groupby("segment_id")["churned"].mean()
     profiles["churn_rate"] = profiles.segment_id.map(churn_rate)
-    migration = seg_model.migration_table(before, frame.assign(segment_id=segments), names)
+    after = frame[["customer_id"]].assign(segment_id=segments)
+    migration = seg_model.migration_table(before, after, names)
 
     k_scores = pd.DataFrame(km.scores_)
     mlflow.log_params({"segmentation_k": km.k_, "segmentation_features": ",".join(s.features)})
