@@ -57,11 +57,9 @@ def read_at_risk_population(path: Path, max_recency_days: int | None) -> pd.Data
     At a million customers the stacked training table is over 2 GB as a DataFrame and a third
     of it is long-lapsed: reading only the kept rows saves that copy. Same rows, same order.
     """
-    if max_recency_days is None:
-        return read_feature_table(path)
     # Missing recency (never bought) fails the first test and passes the second, as in pandas.
     keep = [[("recency_days", "<=", max_recency_days)], [("frequency", "==", 0)]]
-    return read_feature_table(path, filters=keep)
+    return read_feature_table(path, filters=None if max_recency_days is None else keep)
 
 
 def _p_alive_column(frame: pd.DataFrame) -> str | None:
