@@ -168,7 +168,8 @@ def run_reference(kind: str, env: dict[str, str], run_folder: str, run_id: str) 
     out: dict[str, Any] = {}
     if kind == "kmeans":
         frame = pd.read_parquet(paths.features / "scoring.parquet")
-        pipeline = stages.segmentation_pipeline_from_config(config)
+        inputs = stages.segmentation_inputs(config, frame)
+        pipeline = stages.segmentation_pipeline_from_config(config, inputs)
         # The stage's own clustering space (inputs, signed log, scaling) ...
         matrix = pipeline[:-1].fit_transform(frame)
         k = int(params["segmentation_k"])
@@ -185,9 +186,10 @@ def run_reference(kind: str, env: dict[str, str], run_folder: str, run_id: str) 
 
         c = config.churn
         train = stages.at_risk_population(
-            pd.read_parquet(paths.features / "train.parquet"), c.population_max_recency_days
+            pd.read_parquet(paths.features / "train.parquet"),
+            stages.population_recency_limit(config),
         )
-        spec = churn_model.feature_spec(train)
+        spec = churn_model.model_inputs(train)[0]
         # The rows the final model fits on (all but the last training cutoff), through the
         # candidate's own column preparation, so only the booster's fit is timed.
         early, _ = churn_model.split_last_cutoff(train)

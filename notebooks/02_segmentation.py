@@ -57,14 +57,16 @@ print(f"{len(scoring)} customers at the scoring cutoff, {len(validation)} at val
 # %% [markdown]
 # ## Variants
 # `fit_segments` builds the pipeline from a config's `segmentation` section, as the segmentation
-# stage does. k is chosen inside `AutoKMeans` from k_min..k_max; its scores for every k are
-# kept in `scores_`.
+# stage does: its inputs are `segmentation.features`, or with `auto` the default for this table
+# (`stages.segmentation_inputs`). k is chosen inside `AutoKMeans` from k_min..k_max; its scores
+# for every k are kept in `scores_`.
 
 
 # %%
 def fit_segments(cfg: Config, frame: pd.DataFrame):
-    """Return the fitted segmentation pipeline of ``cfg.segmentation``."""
-    return stages.segmentation_pipeline_from_config(cfg).fit(frame)
+    """Return the fitted segmentation pipeline of ``cfg.segmentation`` and its inputs."""
+    inputs = stages.segmentation_inputs(cfg, frame)
+    return stages.segmentation_pipeline_from_config(cfg, inputs).fit(frame), inputs
 
 
 VARIANTS = {
@@ -77,7 +79,7 @@ VARIANTS = {
 fitted, rows = {}, []
 for name, override in VARIANTS.items():
     cfg = load_config(CONFIG, environ={**os.environ, **override})
-    pipeline = fit_segments(cfg, scoring)
+    pipeline, inputs = fit_segments(cfg, scoring)
     km = pipeline[-1]
     silhouette = float(pd.DataFrame(km.scores_).set_index("k").silhouette[km.k_])
     with mlflow.start_run(run_name=f"notebook-segmentation-{name}", tags=TAGS) as run:
@@ -86,12 +88,12 @@ for name, override in VARIANTS.items():
             {
                 "overrides": json.dumps(override),
                 "segmentation_k": km.k_,
-                "segmentation_features": ",".join(cfg.segmentation.features),
+                "segmentation_features": ",".join(inputs),
                 "segmentation_scaler": cfg.segmentation.scaler,
             }
         )
         mlflow.log_metric("segmentation_silhouette", silhouette)
-    fitted[name] = (cfg, pipeline)
+    fitted[name] = (cfg, pipeline, inputs)
     rows.append({"variant": name, "k": km.k_, "silhouette": silhouette, "run_id": run.info.run_id})
 pd.DataFrame(rows)
 
@@ -101,7 +103,7 @@ pd.DataFrame(rows)
 # segment is below `min_segment_share` is not eligible however good its silhouette.
 
 # %%
-cfg, pipeline = fitted["default"]
+cfg, pipeline, inputs = fitted["default"]
 display(pd.DataFrame(pipeline[-1].scores_))
 k_selection_figure(pipeline[-1].scores_, pipeline[-1].k_)
 
@@ -112,10 +114,10 @@ k_selection_figure(pipeline[-1].scores_, pipeline[-1].k_)
 
 # %%
 segments = pipeline.predict(scoring)
-columns = list(dict.fromkeys([*cfg.segmentation.features, *stages.PROFILE_COLUMNS]))
+columns = list(dict.fromkeys([*inputs, *stages.PROFILE_COLUMNS]))
 profiles = seg_model.segment_profiles(scoring, segments, columns)
 rules = [seg_model.NamingRule(r.name, r.min_rank, r.max_rank) for r in cfg.segmentation.naming]
-names = seg_model.name_segments(profiles, cfg.segmentation.features, rules)
+names = seg_model.name_segments(profiles, inputs, rules)
 profiles.insert(1, "segment_name", profiles.segment_id.map(names))
 profiles.round(3)
 

@@ -35,24 +35,29 @@ def test_single_class_gives_nan_not_an_error() -> None:
 
 
 @pytest.mark.parametrize(
-    ("challenger", "champion", "baseline", "promote", "words"),
+    ("challenger", "champion", "winner", "words"),
     [
-        (0.80, None, ("recency", 0.70), True, "first model"),
-        (0.69, None, ("recency", 0.70), False, "baseline recency"),
-        (0.80, 0.79, ("recency", 0.70), True, "beats champion"),
-        (0.80, 0.798, ("recency", 0.70), False, "does not beat champion"),
+        (0.80, None, "challenger", "first model"),
+        (0.69, None, "logistic_rfm", "baseline logistic_rfm promoted so the run has a champion"),
+        (0.80, 0.79, "challenger", "beats champion"),
+        (0.80, 0.798, None, "the champion stays"),
+        (0.69, 0.60, "logistic_rfm", "logistic_rfm roc_auc 0.7200 beats champion"),
+        (0.69, 0.72, None, "does not beat baseline logistic_rfm"),
     ],
 )
 def test_promotion_decision(
-    challenger: float,
-    champion: float | None,
-    baseline: tuple[str, float],
-    promote: bool,
-    words: str,
+    challenger: float, champion: float | None, winner: str | None, words: str
 ) -> None:
-    decision = reg.decide_promotion("roc_auc", challenger, champion, baseline, margin=0.005)
-    assert decision.promote is promote
+    baselines = {"recency": 0.70, "logistic_rfm": 0.72, "bgnbd_p_alive": float("nan")}
+    decision = reg.decide_promotion("roc_auc", challenger, champion, baselines, margin=0.005)
+    assert decision.winner == winner, decision.reason
+    assert decision.promote is (winner is not None)
     assert words in decision.reason
+
+
+def test_without_baselines_the_first_challenger_is_promoted() -> None:
+    decision = reg.decide_promotion("roc_auc", 0.55, None, {}, margin=0.005)
+    assert decision.winner == "challenger" and "first model" in decision.reason
 
 
 def test_attributions_of_logistic_regression_are_coefficient_times_difference() -> None:

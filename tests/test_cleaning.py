@@ -19,7 +19,10 @@ from churnseg.features.contract import CUSTOMERS, EVENTS, SUBSCRIPTIONS, TRANSAC
 from churnseg.pipelines.config import CleaningConfig
 
 MAPPING = {"customer_id": "cust", "timestamp": "ts"}
-RULES = c.CleaningRules(min_date=date(2020, 1, 1), now=datetime(2025, 1, 1))
+# Zero amounts are kept as activity by default; quarantined here so each rule shows its reason.
+RULES = c.CleaningRules(
+    min_date=date(2020, 1, 1), now=datetime(2025, 1, 1), zero_amounts="quarantine"
+)
 
 
 def raw_transactions(rows: list[tuple[object, ...]]) -> pd.DataFrame:

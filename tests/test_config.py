@@ -56,7 +56,7 @@ def test_source_needs_exactly_one_location(tmp_path: Path) -> None:
 def test_env_interpolation_and_overrides(tmp_path: Path) -> None:
     path = write(
         tmp_path,
-        "publish:\n  url: ${OUT_URL}\nstate_dir: ${STATE:-/tmp/default-state}\n",
+        "sample: {}\npublish:\n  url: ${OUT_URL}\nstate_dir: ${STATE:-/tmp/default-state}\n",
     )
     env = {
         "OUT_URL": "sqlite:///tmp/out.db",
@@ -82,6 +82,6 @@ def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
 
 
 def test_config_as_dict_resolves_state_dir(tmp_path: Path) -> None:
-    path = write(tmp_path, f"state_dir: {tmp_path}\n")
+    path = write(tmp_path, f"state_dir: {tmp_path}\nsample: {{}}\n")
     data = config_as_dict(load_config(path, environ={}))
     assert data["mlflow"]["tracking_uri"] == f"sqlite:///{tmp_path}/mlflow.db"

@@ -38,7 +38,7 @@ def test_engine_defaults_to_embedded_duckdb() -> None:
 def test_backend_and_spark_settings_from_yaml_and_environment(tmp_path: Path) -> None:
     path = write(
         tmp_path,
-        "engine:\n  spark_master: spark://head:7077\n"
+        "sample: {}\nengine:\n  spark_master: spark://head:7077\n"
         "  spark_conf: {spark.executor.memory: 4g, spark.sql.shuffle.partitions: 400,"
         " spark.sql.adaptive.enabled: true}\n",
     )
@@ -68,7 +68,9 @@ def test_bad_engine_settings_name_the_key(tmp_path: Path, text: str, message: st
 
 def test_spark_credentials_are_hidden_when_shown() -> None:
     conf = {"spark.hadoop.fs.s3a.secret.key": "s3cr3t", "spark.executor.memory": "4g"}
-    config = Config.model_validate({"engine": {"backend": "pyspark", "spark_conf": conf}})
+    config = Config.model_validate(
+        {"sample": {}, "engine": {"backend": "pyspark", "spark_conf": conf}}
+    )
     shown = config_as_dict(config)["engine"]["spark_conf"]
     assert shown == {"spark.hadoop.fs.s3a.secret.key": "***", "spark.executor.memory": "4g"}
 
@@ -101,6 +103,7 @@ def _build(state: Path, clean: Path, engine: dict[str, Any]) -> tuple[stages.Run
     config = Config.model_validate(
         {
             "state_dir": str(state),
+            "sample": {},
             "snapshots": {"horizon_days": 60, "train_cutoffs": 2},
             "engine": engine,
         }
@@ -157,14 +160,18 @@ def test_feature_stage_on_spark_writes_the_duckdb_tables(
 def test_duckdb_memory_limit_reaches_the_connection(tmp_path: Path) -> None:
     from churnseg.pipelines.sources import connect_engine
 
-    config = load_config(write(tmp_path, "engine: {duckdb_memory_limit: 1.5GB}\n"), environ={})
+    config = load_config(
+        write(tmp_path, "sample: {}\nengine: {duckdb_memory_limit: 1.5GB}\n"), environ={}
+    )
     con = connect_engine(config.engine)
     limit, spill = con.raw_sql(
         "select current_setting('memory_limit'), current_setting('temp_directory')"
     ).fetchone()
     assert limit == "1.3 GiB"  # 1.5 GB as DuckDB prints it
     assert spill.endswith("churnseg-duckdb-spill")
-    unlimited = load_config(write(tmp_path, "engine: {duckdb_memory_limit: null}\n"), environ={})
+    unlimited = load_config(
+        write(tmp_path, "sample: {}\nengine: {duckdb_memory_limit: null}\n"), environ={}
+    )
     default = connect_engine(unlimited.engine).raw_sql("select current_setting('memory_limit')")
     assert default.fetchone()[0] != "1.3 GiB"
     with pytest.raises(ConfigError, match="duckdb_memory_limit"):

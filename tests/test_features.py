@@ -343,6 +343,7 @@ def test_levels_default_to_the_most_frequent_before_the_cutoff() -> None:
         "channel_share_app",
     ], "web: 4 lines, then app and store 1 each (ties by name)"
     assert [c for c in cols if c.startswith("days_since_")] == [
+        "days_since_event",  # any type: how active at all
         "days_since_login",
         "days_since_complaint",
     ], "login: 3 events, then complaint and email_open 1 each (ties by name)"

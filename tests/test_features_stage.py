@@ -27,7 +27,7 @@ from tests.helpers import SAMPLE_TABLES, write_tables
 def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[stages.RunPaths, dict[str, int]]:
     state = tmp_path_factory.mktemp("state")
     snapshots = {"horizon_days": 60, "train_cutoffs": 3}
-    config = Config.model_validate({"state_dir": str(state), "snapshots": snapshots})
+    config = Config.model_validate({"state_dir": str(state), "sample": {}, "snapshots": snapshots})
     paths = stages.run_paths(config, "run")
     # A generated sample without dirty rows stands in for the clean stage's output.
     write_tables(paths.clean, generate_sample(SampleSpec(customers=400, seed=21, dirty_fraction=0)))
@@ -55,7 +55,11 @@ def test_the_three_tables_share_their_feature_columns(
     train, validation, scoring = (read(paths, n) for n in ("train", "validation", "scoring"))
     assert counts == {"train": len(train), "validation": len(validation), "scoring": len(scoring)}
     assert list(train.columns) == list(validation.columns)
-    assert list(scoring.columns) == [c for c in train.columns if c != "churned"]
+    # The scoring table says who can still churn instead of a label it cannot know yet.
+    assert [c for c in scoring.columns if c != "at_risk"] == [
+        c for c in train.columns if c != "churned"
+    ]
+    assert "at_risk" in scoring.columns and "at_risk" not in train.columns
     assert {"events_complaint_90d", "sub_plan", "region", *BTYD_FEATURES} <= set(scoring.columns)
     assert sorted(p.name for p in paths.features.iterdir()) == [
         "scoring.parquet",
@@ -103,6 +107,7 @@ def test_scoring_reuses_the_champion_models_channels_and_event_types(tmp_path: P
     config = Config.model_validate(
         {
             "state_dir": str(tmp_path),
+            "sample": {},
             "snapshots": {"horizon_days": 60, "train_cutoffs": 2},
             "features": {"max_levels": 2},  # the two most frequent levels get columns
         }
@@ -145,18 +150,25 @@ def test_scoring_reuses_the_champion_models_channels_and_event_types(tmp_path: P
         stages.feature_stage(config, scored, stages.resolve_plan(config, scored), only=("scoring",))
         params = mlflow.get_run(run.info.run_id).data.params
     scoring = read(scored, "scoring")
-    assert list(scoring.columns) == [c for c in train.columns if c != "churned"]
+    features = [c for c in scoring.columns if c != "at_risk"]
+    assert features == [c for c in train.columns if c != "churned"]
     assert sorted(c for c in scoring.columns if c.startswith("channel_share_")) == train_channels
     assert params["feature_levels_from"] == f"champion {config.mlflow.churn_model} v1"
 
 
 def test_without_a_champion_scoring_resolves_levels_from_data(tmp_path: Path) -> None:
-    config = Config.model_validate({"state_dir": str(tmp_path), "features": {"max_levels": 2}})
+    config = Config.model_validate(
+        {"state_dir": str(tmp_path), "sample": {}, "features": {"max_levels": 2}}
+    )
     stages.configure_mlflow(config)
     features, source = stages.champion_levels(config)
     assert (features.channels, features.event_types, source) == (None, None, "data")
     fixed = config.model_copy(
-        update={"features": config.features.model_copy(update={"channels": [], "event_types": []})}
+        update={
+            "features": config.features.model_copy(
+                update={"channels": [], "event_types": [], "attribute_levels": {}}
+            )
+        }
     )
     assert stages.champion_levels(fixed)[1] == "config"
 

@@ -116,7 +116,11 @@ def features(tmp_path_factory: pytest.TempPathFactory) -> tuple[Config, Recorder
     """A feature build of a small sample, recorded."""
     state = tmp_path_factory.mktemp("progress")
     config = Config.model_validate(
-        {"state_dir": str(state), "snapshots": {"horizon_days": 60, "train_cutoffs": 2}}
+        {
+            "state_dir": str(state),
+            "sample": {},
+            "snapshots": {"horizon_days": 60, "train_cutoffs": 2},
+        }
     )
     paths = stages.run_paths(config, "run")
     write_tables(paths.clean, generate_sample(SampleSpec(customers=150, seed=4, dirty_fraction=0)))

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from churnseg.pipelines import stages
-from churnseg.pipelines.config import Config, PublishConfig
+from churnseg.pipelines.config import Config, PublishConfig, SampleConfig
 from churnseg.pipelines.publish import PublishError, PublishTarget, latest_snapshot, publish_scores
 from churnseg.pipelines.sinks.schema import CUSTOMER_SCORES
 from churnseg.pipelines.stages import scoring as scoring_stage
@@ -65,7 +65,7 @@ def score(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     features(23).to_parquet(source, index=False)
 
     def run(chunk_rows: int) -> tuple[Path, dict[str, float]]:
-        config = Config(publish=PublishConfig(chunk_rows=chunk_rows))
+        config = Config(sample=SampleConfig(), publish=PublishConfig(chunk_rows=chunk_rows))
         out = tmp_path / f"scores_{chunk_rows}.parquet"
         assert stages.score_stage(config, source, out, "run-1") == 23
         return out, dict(metrics)

@@ -60,7 +60,8 @@ def test_config_as_dict_and_config_show_hide_the_password(
 
     path = tmp_path / "c.yaml"
     path.write_text(
-        "publish:\n  url: ${OUT_URL}\n  db_schema: ops\nmlflow:\n  tracking_uri: ${TRACKING}\n"
+        "sample: {}\npublish:\n  url: ${OUT_URL}\n  db_schema: ops\n"
+        "mlflow:\n  tracking_uri: ${TRACKING}\n"
     )
     env = {"OUT_URL": URL, "TRACKING": f"postgresql://ml:{SECRET}@h/mlflow"}
     data = config_as_dict(load_config(path, environ=env))
@@ -89,7 +90,7 @@ def test_mlflow_lineage_params_and_artifacts_hide_the_password(
     from churnseg.pipelines import stages
 
     path = tmp_path / "c.yaml"
-    path.write_text(f"state_dir: {tmp_path}\npublish:\n  url: {URL}\n")
+    path.write_text(f"state_dir: {tmp_path}\nsample: {{}}\npublish:\n  url: {URL}\n")
     config = load_config(path, environ={})
     # Other tests' mlflow.set_experiment leaves MLFLOW_EXPERIMENT_ID behind: use our own.
     monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)

@@ -129,7 +129,7 @@ def test_names_follow_centroid_ranks() -> None:
         0: "Champions",
         1: "Bargain hunters",
         2: "Big spenders",
-        3: "Loyal",
+        3: "Regular buyers, mid order value",  # no rule fits: its centroid in words
         4: "Occasional",
         5: "Dormant",
     }
@@ -167,3 +167,32 @@ def test_segmentation_input_error_names_the_column(tmp_path: Path) -> None:
     frame = pd.DataFrame({"frequency": [1, 2, 3]})
     with pytest.raises(KeyError, match="basket_size"):
         seg.segmentation_pipeline(features=("basket_size",), k_min=2, k_max=2).fit(frame)
+
+
+def test_a_rule_names_only_what_really_differs() -> None:
+    # Everyone pays about the same: no name may claim a difference in order value.
+    profiles = pd.DataFrame(
+        {
+            "segment_id": [0, 1, 2],
+            "purchase_rate": [3.0, 0.2, 1.0],
+            "monetary_mean": [12.0, 12.1, 11.9],
+        }
+    )
+    names = seg.name_segments(profiles, seg.DEFAULT_FEATURES, RULES)
+    assert seg.differing_inputs(profiles, seg.DEFAULT_FEATURES) == ["purchase_rate"]
+    assert not {"Champions", "Bargain hunters", "Big spenders"} & set(names.values()), names
+    assert names == {0: "Frequent buyers", 1: "Dormant", 2: "Regular buyers"}
+
+
+def test_descriptions_are_unique_and_in_words() -> None:
+    profiles = pd.DataFrame(
+        {
+            "segment_id": [0, 1, 2, 3],
+            "events_90d": [50.0, 2.0, 51.0, 20.0],
+            "sub_recurring_revenue": [100.0, 10.0, 99.0, 40.0],
+        }
+    )
+    names = seg.name_segments(profiles, ["events_90d", "sub_recurring_revenue"], RULES)
+    assert len(set(names.values())) == 4, names
+    assert names[1] == "Low activity (90 days), low recurring revenue"
+    assert all("Segment" not in n and n[0].isupper() for n in names.values()), names

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import date, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import ibis.expr.types as ir
 
-from churnseg.features.attributes import attribute_features
+from churnseg.features.attributes import attribute_features, categorical_attributes
 from churnseg.features.behaviour import (
     known_customers,
     lines_before,
@@ -39,7 +39,7 @@ from churnseg.features.tables import (
 from churnseg.features.timeutil import days_before
 
 if TYPE_CHECKING:
-    from churnseg.pipelines.config import FeatureConfig
+    from churnseg.features.settings import FeatureConfig
 
 TENURE = "tenure_days"
 # Where first activity is read besides the orders: any row before the cutoff makes a customer
@@ -47,16 +47,29 @@ TENURE = "tenure_days"
 ACTIVITY = (("events", "timestamp"), ("subscriptions", "start_date"))
 
 
+def _not_attributes(config: FeatureConfig) -> set[str]:
+    """Return the customers columns that are never attributes: the label and its column."""
+    return {LABEL, config.label_column} if config.label_column else {LABEL}
+
+
 def resolve_levels(
     tables: Mapping[str, ir.Table], as_of: date | datetime, config: FeatureConfig
 ) -> FeatureConfig:
-    """Return ``config`` with ``channels`` and ``event_types`` listed.
+    """Return ``config`` with ``channels``, ``event_types`` and ``attribute_levels`` listed.
 
     Levels the config leaves open are the ``max_levels`` most frequent ones before ``as_of``, so
-    they never depend on later data. Resolve them once at the last cutoff of a build and pass
+    they never depend on later data (customer attributes carry no time: their most frequent
+    values in the table). Resolve them once at the last cutoff of a build and pass
     the result to every cutoff: the column set is then the same for all of them.
     """
-    update: dict[str, list[str]] = {}
+    update: dict[str, Any] = {}
+    if config.attribute_levels is None:
+        attribute_levels: dict[str, list[str]] = {}
+        if "customers" in tables:
+            customers = tables["customers"]
+            for name in categorical_attributes(customers, _not_attributes(config)):
+                attribute_levels[name] = top_values(customers, name, config.max_levels)
+        update["attribute_levels"] = attribute_levels
     if config.channels is None:
         channels: list[str] = []
         if "transactions" in tables:
@@ -75,7 +88,11 @@ def resolve_levels(
 
 
 def build_features(
-    tables: Mapping[str, ir.Table], as_of: date | datetime, config: FeatureConfig
+    tables: Mapping[str, ir.Table],
+    as_of: date | datetime,
+    config: FeatureConfig,
+    seen: ir.Table | None = None,
+    undated_known: bool = False,
 ) -> ir.Table:
     """Return one row per customer known at ``as_of`` with every feature, from data before it.
 
@@ -86,6 +103,13 @@ def build_features(
         as_of: Cutoff (a date means midnight); rows at or after it are never read, except
             future subscription end dates when ``config.subscription_end_known`` says so.
         config: Windows and levels; see ``FeatureConfig``.
+        seen: ``customer_id`` and ``first_ts`` of every id any source showed, quarantined rows
+            included (the clean stage's ``seen`` table): such a customer is known from
+            ``first_ts`` even when none of their rows is clean, and gets the features of a
+            customer without activity.
+        undated_known: Also keep customers-table rows without a signup date or any activity
+            (the scoring snapshot: every customer on the books gets a score). Label mode
+            ``column`` keeps them at every cutoff.
 
     Returns:
         ``customer_id``, ``tenure_days`` (days since known: the earliest of signup and first
@@ -129,10 +153,14 @@ def build_features(
     # DuckDB, less than another pass over every transaction line.
     firsts = [f.table for f in families if FIRST_TS in f.table.columns]
     firsts += [first_activity(t[name], column, as_of) for name, column in ACTIVITY if name in t]
-    population = known_customers(customers, firsts, as_of, undated_known=config.label == "column")
+    if seen is not None:
+        firsts.append(first_activity(seen, FIRST_TS, as_of))
+    undated = undated_known or config.label == "column"
+    population = known_customers(customers, firsts, as_of, undated_known=undated)
     if customers is not None:
-        exclude = {LABEL, config.label_column} if config.label_column else {LABEL}
-        families.append(attribute_features(customers, exclude))
+        families.append(
+            attribute_features(customers, as_of, _not_attributes(config), config.attribute_levels)
+        )
 
     seen = {CUSTOMER, TENURE, "basket_size", "overdue_ratio", "overdue_z"}  # + derived
     for family in families:

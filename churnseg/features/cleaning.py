@@ -10,7 +10,8 @@ forms of ``timezone``); docs/data_in.md lists every rule and reason code.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from datetime import date, datetime, time
 from typing import Literal, cast
 
@@ -56,7 +57,7 @@ REASONS: dict[str, str] = {
     FUTURE_TIMESTAMP: "timestamp after cleaning.now (default: the run's clock)",
     BAD_AMOUNT: "amount missing, not a number, NaN or infinite",
     AMOUNT_ABOVE_MAX: "|amount| above cleaning.max_abs_amount",
-    ZERO_AMOUNT: "amount exactly 0 (cleaning.zero_amounts: quarantine)",
+    ZERO_AMOUNT: "amount exactly 0 (only with cleaning.zero_amounts: quarantine)",
     NULL_EVENT_TYPE: "event without an event type",
     END_BEFORE_START: "subscription ending before it starts",
     UNKNOWN_CUSTOMER: "customer id absent from the clean customers table",
@@ -69,7 +70,10 @@ DEFAULT_MISSING_IDS = ("null", "none", "nan", "n/a", "na", "unknown", "-", "?")
 DEFAULT_MAX_ABS_AMOUNT = 1e8
 DEFAULT_EXTREME_QUANTILE = 0.999
 
-AttributeKind = Literal["numeric", "categorical"]
+# numeric: a float; categorical: text (the most frequent values kept, the rest "other"); date:
+# a timestamp, whose age at the cutoff becomes the feature; ignore: not a feature (ids,
+# free text, values that change after the fact).
+AttributeKind = Literal["numeric", "categorical", "date", "ignore"]
 
 
 class DataContractError(ValueError):
@@ -84,7 +88,7 @@ class CleaningRules:
     now: datetime
     missing_ids: tuple[str, ...] = DEFAULT_MISSING_IDS
     unknown_customers: Literal["quarantine", "stub"] = "quarantine"
-    zero_amounts: Literal["quarantine", "keep"] = "quarantine"
+    zero_amounts: Literal["quarantine", "keep"] = "keep"
     max_abs_amount: float | None = DEFAULT_MAX_ABS_AMOUNT
     extreme_quantile: float | None = DEFAULT_EXTREME_QUANTILE
     dedupe_order_lines: bool = True
@@ -117,10 +121,11 @@ class Attributes:
 
 @dataclass(frozen=True)
 class CustomerOptions:
-    """Customer-specific cleaning: the version column and attribute types."""
+    """Customer-specific cleaning: the version column, attribute types, how dates are read."""
 
     latest_by: str | None = None
     attributes: Attributes | None = None
+    read: ReadOptions = field(default_factory=lambda: ReadOptions())
 
 
 _IBIS_TYPES: dict[ColumnKind, str] = {
@@ -285,8 +290,8 @@ def check_usable(
     rows = int(counts["rows"])
     if rows == 0:
         raise DataContractError(
-            f"table {contract.name!r}: the source has no rows; remove it from 'sources' if it "
-            "is not used"
+            f"table {contract.name!r}: the source has no rows; check that sources."
+            f"{contract.name} (its path, table or query) points at the data"
         )
     for col, kind in contract.required.items():
         src = name_map.get(col, col)
@@ -396,24 +401,40 @@ def _default_rules() -> CleaningRules:
 _BOOLEAN_TEXT = ("true", "false", "t", "f", "yes", "no", "y", "n")
 
 
+# An attribute whose values are (almost) all different is an identifier or free text, never a
+# category: one level per customer teaches a model nothing and breaks categorical encoders.
+ID_LIKE_SHARE = 0.9
+# Below this many rows a column's uniqueness says little.
+ID_LIKE_MIN_ROWS = 50
+# Column names that mark a unique integer column as an identifier, not an amount.
+_ID_NAME = r"(^|_)(id|uuid|guid|key|number|no|code)$"
+
+
 def infer_attributes(
     customers: ir.Table,
     declared: dict[str, AttributeKind],
     exclude: set[str],
     numeric_min_distinct: int = 20,
+    options: ReadOptions | None = None,
 ) -> Attributes:
-    """Return numeric or categorical for every attribute column of conformed customers.
+    """Return numeric, categorical, date or ignore for every attribute column of customers.
 
     Attributes are the columns outside the contract (minus ``exclude``). Declared kinds win.
-    Otherwise numbers are numeric, booleans categorical, dates and timestamps not attributes,
-    and text is numeric only when every value parses as a number, none has a leading zero (codes
-    like "01234") and it has more than ``numeric_min_distinct`` distinct values. Categorical
-    text whose every value spells a boolean (true/false, yes/no, t/f, y/n) is marked so cleaning
-    can make it a boolean, as a Parquet or database source would have it.
+    Otherwise: numbers are numeric, except unique integers named like an identifier
+    (``customer_no``, ``account_id``: ignored); booleans are categorical; date and timestamp
+    columns, and text whose every value reads as a timestamp (ISO or the source's
+    ``date_formats``), are dates; text is numeric only when every value parses as a number,
+    none has a leading zero (codes like "01234") and it has more than ``numeric_min_distinct``
+    distinct values; text whose values are nearly all different (``ID_LIKE_SHARE`` of at least
+    ``ID_LIKE_MIN_ROWS`` rows: ids, e-mails, names) is ignored; the rest is categorical.
+    Categorical text whose every value spells a boolean (true/false, yes/no, t/f, y/n) is
+    marked so cleaning can make it a boolean, as a Parquet or database source would have it.
     """
+    options = options or ReadOptions()
     skip = set(CONTRACTS["customers"].columns) | exclude | {ROW}
     kinds: dict[str, AttributeKind] = {}
     text: list[str] = []
+    integers: list[str] = []
     for col in customers.columns:
         if col in skip or col.startswith(BAD_PREFIX):
             continue
@@ -424,30 +445,52 @@ def infer_attributes(
             kinds[col] = declared[col]
         elif ctype.is_boolean():
             kinds[col] = "categorical"
+        elif ctype.is_timestamp() or ctype.is_date():
+            kinds[col] = "date"
+        elif ctype.is_integer() and re.search(_ID_NAME, col.lower()):
+            integers.append(col)
         elif ctype.is_numeric():
             kinds[col] = "numeric"
+    aggs: dict[str, ir.Scalar] = {"rows": customers.count()}
+    for i, col in enumerate(integers):
+        aggs[f"int_distinct{i}"] = customers[col].nunique()
+    for i, col in enumerate(text):
+        value = _blank_to_null(customers[col])
+        aggs[f"n{i}"] = value.count()
+        aggs[f"num{i}"] = value.try_cast("float64").count()
+        aggs[f"zero{i}"] = value.re_search(r"^[+-]?0\d").fill_null(False).sum()
+        aggs[f"distinct{i}"] = value.nunique()
+        aggs[f"bool{i}"] = value.lower().isin(_BOOLEAN_TEXT).fill_null(False).sum()
+        aggs[f"date{i}"] = _parse_timestamp(value, options).count()
     boolean_text: set[str] = set()
-    if text:
-        aggs: dict[str, ir.Scalar] = {}
-        for i, col in enumerate(text):
-            value = _blank_to_null(customers[col])
-            aggs[f"n{i}"] = value.count()
-            aggs[f"num{i}"] = value.try_cast("float64").count()
-            aggs[f"zero{i}"] = value.re_search(r"^[+-]?0\d").fill_null(False).sum()
-            aggs[f"distinct{i}"] = value.nunique()
-            aggs[f"bool{i}"] = value.lower().isin(_BOOLEAN_TEXT).fill_null(False).sum()
-        stats = customers.aggregate(**aggs).execute().iloc[0]
-        for i, col in enumerate(text):
-            n = int(stats[f"n{i}"])
-            numeric = (
-                n > 0
-                and int(stats[f"num{i}"]) == n
-                and int(stats[f"zero{i}"] or 0) == 0
-                and int(stats[f"distinct{i}"]) > numeric_min_distinct
-            )
-            kinds.setdefault(col, "numeric" if numeric else "categorical")
-            if kinds[col] == "categorical" and n > 0 and int(stats[f"bool{i}"] or 0) == n:
-                boolean_text.add(col)
+    stats = customers.aggregate(**aggs).execute().iloc[0]
+    rows = int(stats["rows"])
+
+    def id_like(distinct: int) -> bool:
+        return rows >= ID_LIKE_MIN_ROWS and distinct >= ID_LIKE_SHARE * rows
+
+    for i, col in enumerate(integers):
+        kinds[col] = "ignore" if id_like(int(stats[f"int_distinct{i}"])) else "numeric"
+    for i, col in enumerate(text):
+        n, distinct = int(stats[f"n{i}"]), int(stats[f"distinct{i}"])
+        numeric = (
+            n > 0
+            and int(stats[f"num{i}"]) == n
+            and int(stats[f"zero{i}"] or 0) == 0
+            and distinct > numeric_min_distinct
+        )
+        if col in kinds:
+            pass
+        elif numeric:
+            kinds[col] = "numeric"
+        elif n > 0 and int(stats[f"date{i}"]) == n:
+            kinds[col] = "date"
+        elif id_like(distinct):
+            kinds[col] = "ignore"
+        else:
+            kinds[col] = "categorical"
+        if kinds[col] == "categorical" and n > 0 and int(stats[f"bool{i}"] or 0) == n:
+            boolean_text.add(col)
     ordered = {col: kinds[col] for col in customers.columns if col in kinds}
     return Attributes(kinds=ordered, boolean_text=frozenset(boolean_text))
 
@@ -480,7 +523,9 @@ def tag_customers(
     for col, kind in attributes.kinds.items():
         if kind == "numeric":
             typed[col] = _convert(c[col], "float", ReadOptions())
-        elif c[col].type().is_string():
+        elif kind == "date":
+            typed[col] = _convert(c[col], "timestamp", options.read)
+        elif kind == "categorical" and c[col].type().is_string():
             typed[col] = _categorical_text(c[col], col in attributes.boolean_text, rules)
     if typed:
         c = c.mutate(**typed)
@@ -492,12 +537,15 @@ def tag_customers(
                 f"source; it has {sorted(x for x in customers.columns if x != ROW)}"
             )
         latest.insert(0, c[options.latest_by].desc(nulls_first=False))
-    return _tag(
+    tagged = _tag(
         c,
         [(_missing_id(c.customer_id, rules.missing_ids), NULL_CUSTOMER_ID)],
         [(_content(c), None, DUPLICATE_ROW), ([c.customer_id], None, MERGED_CUSTOMER)],
         order_by=latest,
     )
+    # Ignored attributes stay in the quarantine's raw records, never in the clean table.
+    ignored = [col for col, kind in attributes.kinds.items() if kind == "ignore"]
+    return tagged.drop(*ignored) if ignored else tagged
 
 
 def clean_customers(
@@ -651,6 +699,33 @@ def stub_customers(customers: ir.Table, *id_tables: ir.Table) -> ir.Table:
         else:
             columns[col] = ibis.null(customers[col].type())
     return missing.select(**columns)
+
+
+# The column that places a row in time, per table (first seen).
+SEEN_AT = {"transactions": "timestamp", "events": "timestamp", "subscriptions": "start_date"}
+# Quarantine reasons whose ids are not customers: no id at all, or one the customers table
+# (the master list) does not have while cleaning.unknown_customers says to quarantine them.
+NOT_CUSTOMERS = (NULL_CUSTOMER_ID, UNKNOWN_CUSTOMER)
+
+
+def seen_in_quarantine(quarantine: ir.Table, name: str, rules: CleaningRules) -> ir.Table:
+    """Return ``customer_id`` and ``first_ts`` of ids that quarantined rows of ``name`` show.
+
+    Such a customer exists even when every one of their rows was rejected (a free order before
+    ``zero_amounts: keep``, a duplicated line): they are still known from the first of these
+    rows whose time is usable, and null when none is (between ``min_date`` and ``now``).
+
+    Args:
+        quarantine: Conformed quarantined rows with ``reason`` (``split_tagged``'s).
+        name: The logical table (``SEEN_AT`` names its time column).
+        rules: The bounds a usable time lies in.
+    """
+    q = quarantine.filter(~quarantine[REASON].isin(list(NOT_CUSTOMERS)))
+    q = q.filter(q.customer_id.notnull())
+    ts = q[SEEN_AT[name]].cast("timestamp")
+    lo = ibis.literal(datetime.combine(rules.min_date, time()))
+    usable = ts.notnull() & (ts >= lo) & (ts <= ibis.literal(rules.now))
+    return q.group_by("customer_id").aggregate(first_ts=ts.min(where=usable))
 
 
 def raw_rows(raw: ir.Table, quarantine: ir.Table) -> ir.Table:

@@ -28,7 +28,10 @@ def event_features(
 ) -> Family:
     """Return per event type ``t`` and window ``w`` the event counts, trends and summed values.
 
-    Columns: ``events_{t}_{w}d`` (events in the last ``w`` days), ``events_{t}_trend_{w}d``
+    First, over every event type together: ``days_since_event`` (days since the last event of
+    any type, or since the customer became known), ``events_{w}d`` and ``events_trend_{w}d``.
+    Then per listed type: ``events_{t}_{w}d`` (events in the last ``w`` days),
+    ``events_{t}_trend_{w}d``
     ((events in the last ``w`` days + 1) / (events in the ``w`` days before + 1)),
     ``events_{t}_value_{w}d`` (summed ``value``, exact) and ``days_since_{t}`` (days since the
     last such event, or since the customer became known when there was none). Types outside
@@ -46,7 +49,6 @@ def event_features(
 
     # One row per (customer, type) is pivoted to columns with filtered aggregates.
     pivot: dict[str, ir.Value] = {}
-    fill: dict[str, Fill] = {}
     for t in event_types:
         s, is_t = type_slugs[t], g.event_type == t
         for w in windows:
@@ -54,9 +56,22 @@ def event_features(
             pivot[f"_prev_{s}_{w}"] = g[f"prev_{w}"].max(where=is_t)
             pivot[f"events_{s}_value_{w}d"] = g[f"value_{w}"].max(where=is_t)
         pivot[f"days_since_{s}"] = g["last"].min(where=is_t)
+    # Every type together, listed or not: how active the customer is at all.
+    pivot["_all_last"] = g["last"].min()
+    for w in windows:
+        pivot[f"_all_{w}"] = g[f"n_{w}"].sum()
+        pivot[f"_all_prev_{w}"] = g[f"prev_{w}"].sum()
     j = g.group_by(CUSTOMER).aggregate(**pivot)
 
-    columns: dict[str, ir.Value] = {}
+    columns: dict[str, ir.Value] = {"days_since_event": j["_all_last"]}
+    fill: dict[str, Fill] = {"days_since_event": SINCE_KNOWN}
+    for w in windows:
+        n = j[f"_all_{w}"].fill_null(0)
+        prev = j[f"_all_prev_{w}"].fill_null(0)
+        columns[f"events_{w}d"] = n.cast("int64")
+        columns[f"events_trend_{w}d"] = ((n + 1) / (prev + 1)).cast("float64")
+        fill[f"events_{w}d"] = 0
+        fill[f"events_trend_{w}d"] = 1.0
     for t in event_types:
         s = type_slugs[t]
         for w in windows:

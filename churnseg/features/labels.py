@@ -32,9 +32,11 @@ from churnseg.features.tables import CUSTOMER, complete_columns
 from churnseg.features.timeutil import cutoff_datetime, cutoff_literal
 
 if TYPE_CHECKING:
-    from churnseg.pipelines.config import FeatureConfig
+    from churnseg.features.settings import FeatureConfig
 
 LABEL = "churned"
+# Whether a customer can still churn at the cutoff (not left already): the population scored.
+AT_RISK = "at_risk"
 _TRUE = ("1", "true", "t", "yes", "y", "churned")
 _FALSE = ("0", "false", "f", "no", "n", "active", "retained")
 
@@ -56,11 +58,24 @@ class LabelRule:
 
     evidence: ir.Table
     label: Callable[[ir.Table], ir.Value]
+    at_risk: Callable[[ir.Table], ir.Value] | None = None
 
     def attach(self, table: ir.Table) -> ir.Table:
         """Return ``table`` with ``churned`` added (one row per row of ``table``)."""
         j = table.left_join(self.evidence, CUSTOMER)
         return j.select(*[j[c] for c in table.columns], **{LABEL: self.label(j)})
+
+    def attach_at_risk(self, table: ir.Table) -> ir.Table:
+        """Return ``table`` with ``at_risk``: whether the customer can still churn at the cutoff.
+
+        Reads only what is known at the cutoff (a subscription covering it, a churn date before
+        it), so it is set on the scoring table, where labels are unknown.
+        """
+        if self.at_risk is None:
+            return table.mutate(**{AT_RISK: ibis.literal(True)})
+        j = table.left_join(self.evidence, CUSTOMER)
+        flag = self.at_risk(j).fill_null(False)
+        return j.select(*[j[c] for c in table.columns], **{AT_RISK: flag})
 
 
 def inactivity_rule(
@@ -135,6 +150,7 @@ def contract_rule(
         lambda j: ibis.ifelse(
             j._risk.isnull(), ibis.null("int8"), j._lapse.fill_null(0).cast("int8")
         ),
+        lambda j: j._risk.notnull(),
     )
 
 
@@ -153,6 +169,7 @@ def churn_date_rule(customers: ir.Table, as_of: date | datetime, horizon_days: i
             (j._churn < end, ibis.literal(1, "int8")),
             else_=ibis.literal(0, "int8"),
         ),
+        lambda j: j._churn.isnull() | (j._churn >= start),
     )
 
 

@@ -101,6 +101,60 @@ def feature_spec(frame: pd.DataFrame) -> FeatureSpec:
     return FeatureSpec(numeric, categorical, calendar)
 
 
+def uninformative_columns(frame: pd.DataFrame, spec: FeatureSpec) -> dict[str, str]:
+    """Return the inputs that cannot inform a model on ``frame``, each with why.
+
+    A column missing on every row breaks HistGradientBoosting ("window shape cannot be larger
+    than input array shape") and makes every imputer warn; a constant one carries nothing.
+    """
+    out: dict[str, str] = {}
+    for col in [*spec.numeric, *spec.categorical]:
+        values = frame[col]
+        present = int(values.notna().sum())
+        if present == 0:
+            out[col] = "missing on every training row"
+        elif values.nunique(dropna=False) <= 1:
+            out[col] = f"constant on the training rows ({values.dropna().iloc[0]!r})"
+    return out
+
+
+# Seasonal terms need training cutoffs in every quarter of the year: fitted on a few months,
+# they extrapolate to the others (a model taught on February-April cutoffs, scored in July).
+SEASON_QUARTERS = 4
+
+
+def seasonality_check(frame: pd.DataFrame) -> tuple[bool, str]:
+    """Return whether the cutoff's season may be a model input on ``frame``, and why (or not).
+
+    Only when the training cutoffs fall in all four quarters of the year.
+    """
+    if SNAPSHOT not in frame.columns:
+        return False, "off: no cutoff dates"
+    dates = pd.DatetimeIndex(pd.to_datetime(pd.unique(frame[SNAPSHOT])))
+    quarters = sorted(set(dates.quarter))
+    if len(quarters) >= SEASON_QUARTERS:
+        return True, f"on: training cutoffs in every quarter ({len(dates)} cutoffs)"
+    shown = ", ".join(f"Q{q}" for q in quarters)
+    return False, f"off: training cutoffs only in {shown}, not every season"
+
+
+def model_inputs(frame: pd.DataFrame) -> tuple[FeatureSpec, dict[str, str], str]:
+    """Return the inputs a churn model fits on, the columns left out (with why), the season note.
+
+    ``feature_spec`` minus ``uninformative_columns``; the cutoff's season only where
+    ``seasonality_check`` allows it.
+    """
+    spec = feature_spec(frame)
+    dropped = uninformative_columns(frame, spec)
+    seasonal, note = seasonality_check(frame)
+    spec = FeatureSpec(
+        [c for c in spec.numeric if c not in dropped],
+        [c for c in spec.categorical if c not in dropped],
+        spec.calendar if seasonal else [],
+    )
+    return spec, dropped, note
+
+
 def candidate_pipeline(
     name: str, spec: FeatureSpec, params: dict[str, Any], random_state: int = 0
 ) -> Pipeline:
@@ -176,29 +230,60 @@ def _sample_rows(
     return frame.iloc[index]
 
 
-def _last_cutoff(frame: pd.DataFrame) -> NDArray[np.bool_]:
-    """Return which rows are of the last snapshot.
+def _cutoff_days(values: Any) -> NDArray[np.int64]:
+    """Return cutoff dates (dates, timestamps or text) as day numbers."""
+    days = pd.to_datetime(pd.Series(values)).to_numpy(dtype="datetime64[D]")
+    return days.astype(np.int64)
+
+
+def _matured_before(days: NDArray[np.int64], cutoff: int, label_days: int) -> NDArray[np.bool_]:
+    """Return which rows' cutoffs lie before ``cutoff`` with their label window ended by it."""
+    return np.asarray((days < cutoff) & (days + label_days <= cutoff), dtype=bool)
+
+
+# Share of customers held out to choose and calibrate on when there is one training cutoff.
+IN_TIME_SHARE = 0.3
+
+
+def held_out_rows(
+    frame: pd.DataFrame, label_days: int = 0, random_state: int = 0
+) -> tuple[NDArray[np.bool_], NDArray[np.bool_], str]:
+    """Return the rows to fit on, the rows to judge and calibrate on, and how they were split.
+
+    Out of time where it can be: judge on the last training cutoff, fit on the earlier cutoffs
+    whose label window ended by it (``label_days`` after them; with cutoffs closer together
+    than that, the nearest ones are left out). With one cutoff, or none matured before the
+    last, a seeded ``IN_TIME_SHARE`` of the last cutoff's customers is held out instead (in
+    time: the validation cutoff stays the out-of-time judge).
 
     Raises:
-        ValueError: Fewer than two snapshots (no held-out time to judge on).
+        ValueError: No rows, or too few customers to hold any out.
     """
-    cutoffs = sorted(frame[SNAPSHOT].unique())
-    if len(cutoffs) < 2:
+    if len(frame) == 0:
+        raise ValueError("time-aware training needs training rows, got none")
+    days = _cutoff_days(frame[SNAPSHOT])
+    last = int(days.max())
+    is_last = days == last
+    fit = _matured_before(days, last, label_days)
+    if fit.any():
+        return fit, is_last, "out of time: fit on earlier cutoffs, judged on the last"
+    ids = frame[ID].to_numpy()[is_last]
+    unique = np.unique(ids)
+    chosen = np.random.default_rng(random_state).random(len(unique)) < IN_TIME_SHARE
+    if chosen.all() or not chosen.any():
         raise ValueError(
-            f"time-aware training needs at least 2 training cutoffs, got {len(cutoffs)}; "
-            "raise snapshots.train_cutoffs"
+            f"time-aware training: {len(unique)} customers at one cutoff are too few to hold "
+            "some out for model choice and calibration"
         )
-    return np.asarray(frame[SNAPSHOT].to_numpy() == cutoffs[-1], dtype=bool)
+    test = np.zeros(len(frame), dtype=bool)
+    test[np.flatnonzero(is_last)] = np.isin(ids, unique[chosen])
+    return is_last & ~test, test, "in time: one cutoff, a share of its customers held out"
 
 
 def split_last_cutoff(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Return (rows before the last snapshot, rows of the last snapshot).
-
-    Raises:
-        ValueError: Fewer than two snapshots (no held-out time to judge on).
-    """
-    last = _last_cutoff(frame)
-    return frame[~last], frame[last]
+    """Return (rows fitted on, rows judged on) as ``held_out_rows`` splits ``frame``."""
+    fit, test, _ = held_out_rows(frame)
+    return frame[fit], frame[test]
 
 
 @dataclass(frozen=True)
@@ -232,16 +317,19 @@ def time_aware_search(
     candidates: Sequence[str],
     sample_rows: int,
     random_state: int = 0,
+    label_days: int = 0,
 ) -> SearchResult:
-    """Return the candidate and parameters with the best ROC AUC on the last training cutoff.
+    """Return the candidate and parameters with the best ROC AUC on held-out rows.
 
-    Each trial fits on a seeded sample of ``sample_rows`` rows of the earlier cutoffs and is
-    scored on a sample of as many rows of the last one: on a million customers predicting the
-    whole last cutoff for every trial cost more than the fits, for no better choice.
+    The held-out rows are the last training cutoff (``held_out_rows``: fitted on earlier cutoffs
+    whose labels matured by then). Each trial fits on a seeded sample of ``sample_rows`` fitting
+    rows and is scored on a sample of as many held-out rows: on a million customers predicting
+    the whole last cutoff for every trial cost more than the fits, for no better choice.
     """
-    is_last = _last_cutoff(train)
-    cutoff = train[SNAPSHOT].to_numpy()[is_last][0]
-    fit_rows, last = _fold_rows(train, train, cutoff, sample_rows, random_state)
+    fit_mask, test_mask, _ = held_out_rows(train, label_days, random_state)
+    cutoff = train[SNAPSHOT].to_numpy()[test_mask][0]
+    fit_rows = _sample_rows(train, fit_mask, sample_rows, random_state)
+    last = _sample_rows(train, test_mask, sample_rows, random_state + 1)
     trials: list[dict[str, Any]] = []
     predictions = []
     for name in candidates:
@@ -254,11 +342,20 @@ def time_aware_search(
             predictions.append(np.asarray(proba, dtype=np.float64))
     chosen = max(
         range(len(trials)),
-        key=lambda i: (trials[i]["roc_auc"], -len(str(trials[i]["params"]))),
+        key=lambda i: (
+            np.nan_to_num(trials[i]["roc_auc"], nan=-1.0),
+            -len(str(trials[i]["params"])),
+        ),
     )
     best = trials[chosen]
+    # Only an out-of-time split is the backtest's fold at the last cutoff.
+    out_of_time = bool((_cutoff_days(train[SNAPSHOT]) < _cutoff_days([cutoff])[0]).any())
     return SearchResult(
-        str(best["candidate"]), dict(best["params"]), trials, cutoff, predictions[chosen]
+        str(best["candidate"]),
+        dict(best["params"]),
+        trials,
+        cutoff if out_of_time else None,
+        predictions[chosen] if out_of_time else None,
     )
 
 
@@ -268,18 +365,18 @@ def _fold_rows(
     cutoff: Any,
     sample_rows: int | None,
     random_state: int,
+    label_days: int = 0,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Return an out-of-time fold: rows of ``frame`` before ``cutoff``, rows of ``source`` at it.
+    """Return an out-of-time fold: rows of ``frame`` matured before ``cutoff``, ``source``'s at it.
 
-    Both are seeded samples of ``sample_rows``.
-
-    The search and the backtest take their folds here, so the search's winning trial is the
-    backtest's fold at the last training cutoff, row for row.
+    Both are seeded samples of ``sample_rows``. The backtest takes its folds here; at the last
+    training cutoff this is the search's split (``held_out_rows``), row for row.
     """
-    past = _sample_rows(frame, frame[SNAPSHOT].to_numpy() < cutoff, sample_rows, random_state)
-    test = _sample_rows(
-        source, source[SNAPSHOT].to_numpy() == cutoff, sample_rows, random_state + 1
-    )
+    day = int(_cutoff_days([cutoff])[0])
+    past_mask = _matured_before(_cutoff_days(frame[SNAPSHOT]), day, label_days)
+    past = _sample_rows(frame, past_mask, sample_rows, random_state)
+    at = _cutoff_days(source[SNAPSHOT]) == day
+    test = _sample_rows(source, at, sample_rows, random_state + 1)
     return past, test
 
 
@@ -292,8 +389,12 @@ def fit_calibrated(
     random_state: int = 0,
     sample_rows: int | None = None,
     calibration_rows: int | None = None,
+    label_days: int = 0,
 ) -> CalibratedClassifierCV:
-    """Fit the candidate on all but the last training cutoff; calibrate on the last one.
+    """Fit the candidate on the earlier training cutoffs; calibrate on the last one.
+
+    The split is ``held_out_rows``'s (fitting cutoffs whose labels matured by the last one; one
+    cutoff: a held-out share of its customers).
 
     Args:
         train: Stacked training snapshots with labels.
@@ -307,10 +408,11 @@ def fit_calibrated(
         calibration_rows: Calibrate on a seeded sample of this many rows of the last cutoff
             (default: all of them). Predicting them is the calibration's cost; an isotonic
             fit on 200k rows is as smooth as on the 600k of a million customers.
+        label_days: Days a label reads after its cutoff (see ``held_out_rows``).
     """
-    is_last = _last_cutoff(train)
-    early = _sample_rows(train, ~is_last, sample_rows, random_state)
-    last = _sample_rows(train, is_last, calibration_rows, random_state + 2)
+    fit_mask, test_mask, _ = held_out_rows(train, label_days, random_state)
+    early = _sample_rows(train, fit_mask, sample_rows, random_state)
+    last = _sample_rows(train, test_mask, calibration_rows, random_state + 2)
     base = candidate_pipeline(name, spec, params, random_state)
     base.fit(early[spec.columns], early[LABEL])
     del early  # the fit keeps no reference; free it before the calibration copies
@@ -327,10 +429,35 @@ def ranking_model(model: Any) -> Any:
     return model
 
 
+# Simple baselines every challenger must beat, each the first of its columns the table has:
+# recency alone (days since the last purchase, or the last event without purchases), logistic
+# regression on RFM and tenure, and BG/NBD's P(alive). Fitted and calibrated like a candidate
+# (logistic regression on those columns), so the best of them can be promoted and scored.
+BASELINES: dict[str, tuple[tuple[str, ...], ...]] = {
+    "recency": (("recency_days",), ("days_since_event",)),
+    "logistic_rfm": (RFM_BASELINE_FEATURES,),
+    "bgnbd_p_alive": (("btyd_p_alive",),),
+}
+BASELINE_PARAMS: dict[str, Any] = {"C": 1.0}
+
+
+def baseline_specs(spec: FeatureSpec) -> dict[str, FeatureSpec]:
+    """Return each baseline whose columns are model inputs of ``spec``, as its own spec."""
+    inputs = set(spec.numeric)
+    out = {}
+    for name, options in BASELINES.items():
+        for columns in options:
+            present = [c for c in columns if c in inputs]
+            if len(present) == len(columns) or (len(columns) > 2 and len(present) >= 2):
+                out[name] = FeatureSpec(present, [])
+                break
+    return out
+
+
 def fit_rfm_baseline(train: pd.DataFrame) -> Pipeline:
     """Return logistic regression on RFM and tenure only, fitted on the training snapshots."""
     spec = FeatureSpec([c for c in RFM_BASELINE_FEATURES if c in train], [])
-    model = candidate_pipeline("logreg", spec, {"C": 1.0})
+    model = candidate_pipeline("logreg", spec, BASELINE_PARAMS)
     return model.fit(train[spec.columns], train[LABEL])
 
 
@@ -344,6 +471,7 @@ def backtest(
     random_state: int = 0,
     later: pd.DataFrame | None = None,
     search: SearchResult | None = None,
+    label_days: int = 0,
 ) -> pd.DataFrame:
     """Return ranking metrics per rolling-origin fold (fit on cutoffs before c, score on c).
 
@@ -360,13 +488,18 @@ def backtest(
             fold scored by a model fitted on ``frame``, without concatenating the two tables.
         search: The search that chose ``name`` and ``params`` on ``frame``: its winner's
             predictions are the fold at the last cutoff of ``frame`` (not fitted again).
+        label_days: Days a label reads after its cutoff: a fold fits only on cutoffs whose
+            label window ended by its cutoff (folds without such cutoffs are left out).
     """
     tests = [(c, frame) for c in np.unique(frame[SNAPSHOT].to_numpy())[1:]]
     if later is not None:
         tests += [(c, later) for c in np.unique(later[SNAPSHOT].to_numpy())]
     folds = []
+    days = _cutoff_days(frame[SNAPSHOT])
     for cutoff, source in tests:
-        past, test = _fold_rows(frame, source, cutoff, sample_rows, random_state)
+        if not _matured_before(days, int(_cutoff_days([cutoff])[0]), label_days).any():
+            continue
+        past, test = _fold_rows(frame, source, cutoff, sample_rows, random_state, label_days)
         proba = search.fold_proba(cutoff, name, params, len(test)) if search else None
         if proba is None:
             model = candidate_pipeline(name, spec, params, random_state)

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from numpy.typing import NDArray
 
 TIERS = ("A", "B", "C")
 LIFECYCLE_STAGES = ("new", "growing", "stable", "declining", "churned")
@@ -24,6 +25,28 @@ class TierThresholds:
 
     a_min: float
     b_min: float
+
+
+# Where value is read when ``classification.value_column`` is ``auto``, first found wins.
+VALUE_COLUMNS = ("spend_365d", "sub_recurring_revenue")
+
+
+def value_column(configured: str, columns: Sequence[str]) -> str | None:
+    """Return the column value tiers are cut on (None: the table has no value to cut).
+
+    ``auto`` takes the first of ``VALUE_COLUMNS`` the table has; a named column must exist.
+
+    Raises:
+        KeyError: A named column is not in the table.
+    """
+    if configured != "auto":
+        if configured not in columns:
+            raise KeyError(
+                f"classification.value_column {configured!r} is not a feature column; "
+                "use 'auto' or one of the numeric features or attributes"
+            )
+        return configured
+    return next((c for c in VALUE_COLUMNS if c in columns), None)
 
 
 def tier_thresholds(values: pd.Series, cuts: tuple[float, float]) -> TierThresholds:
@@ -67,43 +90,71 @@ class LifecycleRules:
     declining_ratio: float = 0.75
 
 
-def lifecycle_stages(frame: pd.DataFrame, rules: LifecycleRules) -> pd.Series:
+# Where activity is read, first found wins: purchases, else events of any type.
+ACTIVITY_SOURCES = (("recency_days", "orders"), ("days_since_event", "events"))
+
+
+def activity_columns(columns: Sequence[str], window: int) -> tuple[str, str, str] | None:
+    """Return the recency column and the activity counts over ``window`` and twice it.
+
+    Purchases where the table has them (``recency_days``, ``orders_{w}d``), else events of any
+    type (``days_since_event``, ``events_{w}d``); None for a table without activity (a
+    customers-only snapshot).
+    """
+    for recency, counts in ACTIVITY_SOURCES:
+        recent, both = f"{counts}_{window}d", f"{counts}_{2 * window}d"
+        if recency in columns and recent in columns and both in columns:
+            return recency, recent, both
+    if any(recency in columns for recency, _ in ACTIVITY_SOURCES):
+        raise KeyError(
+            f"lifecycle rules need activity counts over {window} and {2 * window} days; "
+            f"configure feature windows {window} and {2 * window} days or change "
+            "classification.trend_window_days"
+        )
+    return None
+
+
+def lifecycle_stages(
+    frame: pd.DataFrame, rules: LifecycleRules, at_risk: NDArray[np.bool_] | None = None
+) -> pd.Series:
     """Return each customer's lifecycle stage.
 
-    - ``churned``: no purchase for more than ``churned_after_days`` (or never purchased and known
-      for longer than that);
+    - ``churned``: not in the at-risk population (``at_risk`` false: a contract that ended, a
+      churn date passed, long lapsed), or no activity for more than ``churned_after_days`` (or
+      never active and known for longer than that);
     - ``new``: known for less than ``new_within_days``;
-    - ``growing`` / ``declining``: orders in the last ``trend_window_days`` against the window
+    - ``growing`` / ``declining``: activity in the last ``trend_window_days`` against the window
       before it, at or above ``growing_ratio`` / at or below ``declining_ratio`` (a customer with
-      no orders in either window is ``declining``);
+      no activity in either window is ``declining``);
     - ``stable``: everyone else.
 
-    Needs ``recency_days``, ``tenure_days`` and ``orders_{w}d`` for ``w`` = the trend window and
-    twice it.
+    Activity is purchases (``recency_days``, ``orders_{w}d``) where the table has them, else
+    events of any type (``days_since_event``, ``events_{w}d``); a table with neither (a
+    customers-only snapshot) has only ``churned`` (from ``at_risk``), ``new`` (by
+    ``tenure_days``, where known) and ``stable``.
     """
-    w = rules.trend_window_days
-    recent_col, both_col = f"orders_{w}d", f"orders_{2 * w}d"
-    missing = [c for c in ("recency_days", "tenure_days", recent_col, both_col) if c not in frame]
-    if missing:
-        raise KeyError(
-            f"lifecycle rules need feature columns {missing}; configure feature windows "
-            f"{w} and {2 * w} days or change classification.trend_window_days"
-        )
-    recent = frame[recent_col].to_numpy(dtype="float64")
-    previous = frame[both_col].to_numpy(dtype="float64") - recent
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.where(previous > 0, recent / previous, np.where(recent > 0, np.inf, 0.0))
-    stage = np.select(
-        [
-            frame["recency_days"].to_numpy() > rules.churned_after_days,
-            frame["tenure_days"].to_numpy() < rules.new_within_days,
-            ratio >= rules.growing_ratio,
-            ratio <= rules.declining_ratio,
-        ],
-        ["churned", "new", "growing", "declining"],
-        default="stable",
-    )
-    return pd.Series(stage, index=frame.index, name="lifecycle_stage")
+    tenure = frame["tenure_days"].to_numpy(dtype="float64") if "tenure_days" in frame else None
+    stage = np.full(len(frame), "stable", dtype=object)
+    activity = activity_columns(list(frame.columns), rules.trend_window_days)
+    if activity is not None:
+        _, recent_col, both_col = activity
+        recent = frame[recent_col].to_numpy(dtype="float64")
+        previous = frame[both_col].to_numpy(dtype="float64") - recent
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = np.where(previous > 0, recent / previous, np.where(recent > 0, np.inf, 0.0))
+        stage = np.select(
+            [ratio >= rules.growing_ratio, ratio <= rules.declining_ratio],
+            ["growing", "declining"],
+            default="stable",
+        ).astype(object)
+    if tenure is not None:
+        stage = np.where(tenure < rules.new_within_days, "new", stage)
+    if activity is not None:
+        lapsed = frame[activity[0]].to_numpy(dtype="float64") > rules.churned_after_days
+        stage = np.where(lapsed, "churned", stage)
+    if at_risk is not None:
+        stage = np.where(at_risk, stage, "churned")
+    return pd.Series(stage, index=frame.index, name="lifecycle_stage", dtype=object)
 
 
 _OPS: Mapping[str, Callable[[Any, Any], Any]] = {
@@ -158,6 +209,9 @@ def apply_overrides(
 
 
 RISK_BANDS = ("low", "medium", "high")
+# The band of customers outside the at-risk population: they have churned already, so they
+# take no slot of a retention list.
+CHURNED_BAND = "churned"
 
 
 @dataclass(frozen=True)
@@ -201,10 +255,17 @@ def risk_thresholds(ranking: pd.Series, rule: RiskBandRule) -> RiskThresholds:
     return RiskThresholds(float(high_min), float(medium_min))
 
 
-def assign_risk_bands(ranking: pd.Series, thresholds: RiskThresholds) -> pd.Series:
-    """Return low / medium / high for each ranking score given precomputed thresholds."""
+def assign_risk_bands(
+    ranking: pd.Series, thresholds: RiskThresholds, at_risk: NDArray[np.bool_] | None = None
+) -> pd.Series:
+    """Return low / medium / high for each ranking score given precomputed thresholds.
+
+    Customers outside the at-risk population (``at_risk`` false) get ``churned``.
+    """
     v = ranking.to_numpy(dtype="float64")
     bands = np.select(
         [v >= thresholds.high_min, v >= thresholds.medium_min], ["high", "medium"], "low"
-    )
-    return pd.Series(bands, index=ranking.index, name="risk_band")
+    ).astype(object)
+    if at_risk is not None:
+        bands = np.where(at_risk, bands, CHURNED_BAND)
+    return pd.Series(bands, index=ranking.index, name="risk_band", dtype=object)

@@ -355,6 +355,18 @@ TEMPLATES: list[tuple[str, Callable[[re.Match[str], float, float, Mapping[str, A
         lambda m, v, r, row: f"spent {v:,.0f} in the last {m[1]} days (typical {r:,.0f})",
     ),
     (
+        r"^events_trend_(\d+)d$",
+        lambda m, v, r, row: (
+            f"activity in the last {m[1]} days at {v:.1f}x the {m[1]} days before "
+            f"(typical {r:.1f}x)"
+        ),
+    ),
+    (
+        r"^events_(\d+)d$",
+        lambda m, v, r, row: f"{v:.0f} events in the last {m[1]} days (typical {r:.0f})",
+    ),
+    (r"^days_since_event$", lambda m, v, r, row: f"no activity for {v:.0f} days (typical {r:.0f})"),
+    (
         r"^events_(\w+)_trend_(\d+)d$",
         lambda m, v, r, row: (
             f"{m[1].replace('_', ' ')} activity in the last {m[2]} days at {v:.1f}x the period "
@@ -489,3 +501,33 @@ def top_reasons(
         ]
         texts.append("; ".join(parts))
     return pd.Series(texts, index=frame.index, name="top_reasons")
+
+
+def churned_reasons(frame: pd.DataFrame) -> pd.Series:
+    """Return why each customer counts as churned already (read for those not at risk).
+
+    A contract label says so by the ``at_risk`` flag: the last subscription ended (and when),
+    or the churn date passed. An inactivity label says so by recency: no purchase for longer
+    than the at-risk population allows.
+    """
+    texts = np.full(len(frame), "churned already", dtype=object)
+    flagged = frame["at_risk"].fillna(False).to_numpy(dtype=bool) if "at_risk" in frame else None
+    if "recency_days" in frame:
+        days = frame["recency_days"].to_numpy(dtype="float64")
+        texts = np.where(
+            np.isfinite(days),
+            [f"churned already: no purchase for {d:.0f} days" for d in np.nan_to_num(days)],
+            texts,
+        )
+    if flagged is not None and "sub_active" in frame:
+        ended = frame["sub_days_since_end"].to_numpy(dtype="float64")
+        contract = [
+            f"churned already: subscription ended {d:.0f} days ago"
+            if np.isfinite(d)
+            else "churned already: no active subscription"
+            for d in ended
+        ]
+        texts = np.where(flagged, texts, contract)
+    elif flagged is not None:
+        texts = np.where(flagged, texts, "churned already: churn date passed")
+    return pd.Series(texts, index=frame.index, name="top_reasons", dtype=object)

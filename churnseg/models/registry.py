@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import mlflow
+import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
 from mlflow.models import infer_signature
@@ -18,14 +20,14 @@ CHAMPION = "champion"
 PIP_REQUIREMENTS = ["scikit-learn", "numpy", "pandas", "churnseg"]
 
 
-def log_and_register(
+def log_model(
     model: Any,
     name: str,
     example: pd.DataFrame,
     trusted_types: list[str],
     output: Any = None,
-) -> int:
-    """Log ``model`` to the active run, register it under ``name`` and return its version."""
+) -> str:
+    """Log ``model`` to the active run (not registered yet) and return its model URI."""
     # Integer feature columns may hold nulls in a later snapshot; MLflow's advice (and the
     # warning it prints otherwise) is to declare them as doubles in the signature.
     ints = [c for c in example.columns if pd.api.types.is_integer_dtype(example[c])]
@@ -38,31 +40,62 @@ def log_and_register(
         input_example=example.head(3),
         pip_requirements=PIP_REQUIREMENTS,
         skops_trusted_types=trusted_types,
-        registered_model_name=name,
     )
-    version = info.registered_model_version
-    if version is None:
-        raise RuntimeError(f"model {name!r} was logged but not registered")
-    return int(version)
+    return str(info.model_uri)
+
+
+def register(model_uri: str, name: str, tags: Mapping[str, str] | None = None) -> int:
+    """Register a logged model under ``name`` (with version ``tags``); return its version."""
+    version = mlflow.register_model(model_uri, name, tags=dict(tags or {}))
+    return int(version.version)
+
+
+def log_and_register(
+    model: Any,
+    name: str,
+    example: pd.DataFrame,
+    trusted_types: list[str],
+    output: Any = None,
+) -> int:
+    """Log ``model`` to the active run, register it under ``name`` and return its version."""
+    return register(log_model(model, name, example, trusted_types, output), name)
+
+
+class NoChampionError(LookupError):
+    """A registered model has no ``champion`` version yet (no retrain has promoted one)."""
 
 
 def champion_version(name: str) -> int:
-    """Return the version the ``champion`` alias of ``name`` points at."""
-    return int(MlflowClient().get_model_version_by_alias(name, CHAMPION).version)
+    """Return the version the ``champion`` alias of ``name`` points at.
+
+    Raises:
+        NoChampionError: The model is not registered, or no version is champion.
+    """
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return int(MlflowClient().get_model_version_by_alias(name, CHAMPION).version)
+    except MlflowException:
+        raise NoChampionError(
+            f"model {name!r} has no champion version in the MLflow registry: run "
+            "`churnseg run` first (it trains the models and always ends with a champion)"
+        ) from None
 
 
 def load_champion(name: str) -> Any:
-    """Return the scikit-learn model behind ``models:/<name>@champion``."""
-    return mlflow.sklearn.load_model(f"models:/{name}@{CHAMPION}")
+    """Return the scikit-learn model behind ``models:/<name>@champion``.
+
+    Raises:
+        NoChampionError: No version is champion.
+    """
+    return load_version(name, champion_version(name))
 
 
 def find_champion(name: str) -> int | None:
     """Return the champion version of ``name``, or None when there is no such model or alias."""
-    from mlflow.exceptions import MlflowException
-
     try:
         return champion_version(name)
-    except MlflowException:
+    except NoChampionError:
         return None
 
 
@@ -80,41 +113,67 @@ PREVIOUS = "previous"
 AUDIT_PREFIX = "audit."
 
 
+CHALLENGER = "challenger"
+
+
 @dataclass(frozen=True)
 class PromotionDecision:
-    """Whether a challenger becomes champion, and why (kept in the audit trail)."""
+    """Which candidate becomes champion (None: the champion stays), and why (audited)."""
 
-    promote: bool
+    winner: str | None
     reason: str
+
+    @property
+    def promote(self) -> bool:
+        """Return whether a candidate is promoted."""
+        return self.winner is not None
 
 
 def decide_promotion(
     metric: str,
     challenger: float,
     champion: float | None,
-    best_baseline: tuple[str, float] | None,
+    baselines: Mapping[str, float],
     margin: float,
 ) -> PromotionDecision:
-    """Return the promotion decision for a challenger judged on the champion's validation rows.
+    """Return the promotion decision, every score taken on the same held-out rows.
 
-    The challenger must beat the best baseline, and the champion (if any) by at least ``margin``.
+    The challenger must beat the best baseline; otherwise that baseline is the contender (a
+    real, calibrated model too). Without a champion the contender is promoted, so a first run
+    always ends with one; with a champion, the contender must beat it by ``margin`` or the
+    champion stays (and scoring goes on with it).
+
+    Args:
+        metric: The metric compared (higher is better).
+        challenger: The challenger's score.
+        champion: The current champion's score, or None when there is none.
+        baselines: Each baseline's score (may be empty).
+        margin: How much better than the champion a contender must be.
     """
-    if best_baseline is not None and not challenger > best_baseline[1]:
-        return PromotionDecision(
-            False,
-            f"{metric} {challenger:.4f} does not beat baseline {best_baseline[0]} "
-            f"({best_baseline[1]:.4f})",
-        )
+    contender, score = CHALLENGER, challenger
+    lost = ""
+    scored = {k: v for k, v in baselines.items() if np.isfinite(v)}
+    if scored:
+        best = max(scored, key=lambda b: scored[b])
+        if not challenger > scored[best]:
+            contender, score = best, scored[best]
+            lost = (
+                f"challenger {metric} {challenger:.4f} does not beat baseline {best} "
+                f"({scored[best]:.4f}); "
+            )
     if champion is None:
-        return PromotionDecision(True, f"first model; {metric} {challenger:.4f}")
-    if challenger >= champion + margin:
+        what = f"baseline {contender} promoted so the run has a champion" if lost else "first model"
+        return PromotionDecision(contender, f"{lost}{what}; {metric} {score:.4f}")
+    if score >= champion + margin:
         return PromotionDecision(
-            True,
-            f"{metric} {challenger:.4f} beats champion {champion:.4f} by >= {margin:g}",
+            contender,
+            f"{lost}{contender} {metric} {score:.4f} beats champion {champion:.4f} "
+            f"by >= {margin:g}",
         )
     return PromotionDecision(
-        False,
-        f"{metric} {challenger:.4f} does not beat champion {champion:.4f} by {margin:g}",
+        None,
+        f"{lost}{contender} {metric} {score:.4f} does not beat champion {champion:.4f} by "
+        f"{margin:g}; the champion stays",
     )
 
 

@@ -9,6 +9,7 @@ meaning drift between retrains.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -48,6 +49,50 @@ def purchase_rate(frame: pd.DataFrame) -> pd.Series:
 
 
 DERIVED = {"purchase_rate": purchase_rate}
+# Columns that are never clustering inputs: ids, dates, flags and labels.
+_NOT_INPUTS = frozenset({"customer_id", "snapshot_date", "churned", "at_risk", "tenure_days"})
+# Numeric attributes with fewer distinct values are codes or flags, not amounts.
+_MIN_DISTINCT = 10
+
+
+def default_inputs(frame: pd.DataFrame, activity_window: int = 90) -> list[str]:
+    """Return the clustering inputs ``segmentation.features: auto`` takes for this table.
+
+    How a customer buys where there are purchases: purchase rate and mean order value. Else
+    how active they are (events in the window nearest ``activity_window`` days) and what they
+    pay (recurring revenue), whichever the table has. Else (a customers-only snapshot) up to
+    three numeric attributes with at least ``_MIN_DISTINCT`` values, in table order.
+
+    Raises:
+        ValueError: The table has nothing to cluster on.
+    """
+    columns = set(frame.columns)
+    if {"frequency", "tenure_days", "recency_days", "monetary_mean"} <= columns:
+        return ["purchase_rate", "monetary_mean"]
+    windows = [int(m[1]) for c in frame.columns if (m := re.fullmatch(r"events_(\d+)d", c))]
+    inputs = []
+    if windows:
+        inputs.append(f"events_{min(windows, key=lambda w: abs(w - activity_window))}d")
+    if "sub_recurring_revenue" in columns:
+        inputs.append("sub_recurring_revenue")
+    if inputs:
+        return inputs
+    numeric = [
+        c
+        for c in frame.columns
+        if c not in _NOT_INPUTS
+        and pd.api.types.is_numeric_dtype(frame[c])
+        and not pd.api.types.is_bool_dtype(frame[c])
+        and frame[c].nunique() >= _MIN_DISTINCT
+    ]
+    if numeric:
+        return numeric[:3]
+    if "tenure_days" in columns and frame["tenure_days"].nunique() >= _MIN_DISTINCT:
+        return ["tenure_days"]
+    raise ValueError(
+        "segmentation.features auto: the feature table has no purchases, events, subscriptions "
+        "or numeric attributes to cluster on; list the inputs in segmentation.features"
+    )
 
 
 class SegmentInputs(TransformerMixin, BaseEstimator):
@@ -315,6 +360,67 @@ def centroid_ranks(profiles: pd.DataFrame, inputs: Sequence[str]) -> pd.DataFram
     return (ranks - 1) / span
 
 
+# A segment input "differs" across segments when its centroids span at least this share of
+# their mean size (plain units): a name must say something true of the segment it is given.
+MIN_RELATIVE_SPREAD = 0.25
+# Words for a segment's level on an input: (low, middle, high), by its centroid's rank.
+INPUT_WORDS: dict[str, tuple[str, str, str]] = {
+    "purchase_rate": ("rare buyers", "regular buyers", "frequent buyers"),
+    "monetary_mean": ("low order value", "mid order value", "high order value"),
+    "sub_recurring_revenue": (
+        "low recurring revenue",
+        "mid recurring revenue",
+        "high recurring revenue",
+    ),
+}
+
+
+def differing_inputs(profiles: pd.DataFrame, inputs: Sequence[str]) -> list[str]:
+    """Return the inputs whose segment means really differ (see ``MIN_RELATIVE_SPREAD``)."""
+    out = []
+    for name in inputs:
+        values = profiles[name].astype("float64")
+        scale = float(values.abs().mean())
+        spread = float(values.max() - values.min())
+        if scale > 0 and spread >= MIN_RELATIVE_SPREAD * scale:
+            out.append(name)
+    return out
+
+
+def _input_words(name: str) -> tuple[str, str, str]:
+    """Return (low, middle, high) words for an input, from ``INPUT_WORDS`` or its name."""
+    if name in INPUT_WORDS:
+        return INPUT_WORDS[name]
+    match = re.fullmatch(r"events_(\d+)d", name)
+    what = f"activity ({match[1]} days)" if match else name.replace("_", " ")
+    return f"low {what}", f"mid {what}", f"high {what}"
+
+
+def describe_segments(profiles: pd.DataFrame, inputs: Sequence[str]) -> dict[int, str]:
+    """Return a description in words of each segment's centroid, unique per segment.
+
+    Each input that differs across segments contributes its level (low, middle or high third
+    of the centroid ranks), e.g. "frequent buyers, low order value"; inputs that do not differ
+    are left out. Descriptions that still coincide get the next input's level, then a number.
+    """
+    ranks = centroid_ranks(profiles, inputs)
+    useful = differing_inputs(profiles, inputs) or list(inputs)
+    words = {
+        int(str(sid)): [
+            _input_words(f)[0 if row[f] < 1 / 3 else 2 if row[f] > 2 / 3 else 1] for f in useful
+        ]
+        for sid, row in ranks.iterrows()
+    }
+    names = {sid: ", ".join(w) for sid, w in words.items()}
+    seen: dict[str, int] = {}
+    for sid in sorted(names):
+        text = names[sid]
+        seen[text] = seen.get(text, 0) + 1
+        if list(names.values()).count(text) > 1:
+            names[sid] = f"{text} ({seen[text]})"
+    return {sid: text[0].upper() + text[1:] for sid, text in names.items()}
+
+
 def name_segments(
     profiles: pd.DataFrame,
     inputs: Sequence[str],
@@ -323,6 +429,10 @@ def name_segments(
 ) -> dict[int, str]:
     """Return a unique readable name per segment id.
 
+    A rule names a segment only when every input it ranks on is a clustering input whose
+    segment means really differ (``differing_inputs``): no "Bargain hunters" where everyone
+    pays the same. Segments no rule names are described in words (``describe_segments``).
+
     Args:
         profiles: One row per segment with ``segment_id`` and a mean per input.
         inputs: The clustering inputs the ranks are taken over.
@@ -330,10 +440,12 @@ def name_segments(
         keep: Names to keep for given ids (matched champion segments keep their names).
     """
     ranks = centroid_ranks(profiles, inputs)
+    differing = set(differing_inputs(profiles, inputs))
     names = {int(k): v for k, v in (keep or {}).items() if int(k) in ranks.index}
     taken = set(names.values())
     for rule in rules:
-        if rule.name in taken:
+        needed = set(rule.min_rank) | set(rule.max_rank)
+        if rule.name in taken or not needed <= differing:
             continue
         best, best_score = None, -np.inf
         for sid, row in ranks.iterrows():
@@ -348,8 +460,12 @@ def name_segments(
         if best is not None:
             names[best] = rule.name
             taken.add(rule.name)
+    described = describe_segments(profiles, inputs)
     for sid in ranks.index:
-        names.setdefault(int(sid), f"Segment {int(sid)}")
+        if int(sid) not in names:
+            text = described[int(sid)]
+            names[int(sid)] = text if text not in taken else f"{text} (segment {int(sid)})"
+            taken.add(names[int(sid)])
     return dict(sorted(names.items()))
 
 

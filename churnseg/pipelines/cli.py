@@ -7,12 +7,15 @@ Errors print one line; ``--debug`` adds the traceback.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
+import sys
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -47,32 +50,96 @@ _QUIET_ENV = {
 }
 
 
+class UsageError(ValueError):
+    """A command called with options that do not go together (exit code 2)."""
+
+
 def _exit_code(exc: BaseException) -> int:
     from churnseg.features.cleaning import DataContractError
+    from churnseg.models.registry import NoChampionError
     from churnseg.pipelines.config import ConfigError
     from churnseg.pipelines.monitor import MonitorError
     from churnseg.pipelines.publish import PublishError
     from churnseg.pipelines.sources import SourceError
     from churnseg.pipelines.stages import DataQualityError
 
-    if isinstance(exc, ConfigError):
+    if isinstance(exc, ConfigError | UsageError):
         return 2
     if isinstance(exc, DataContractError | DataQualityError | SourceError | MonitorError):
         return 3
     if isinstance(exc, PublishError):
         return 4
-    if type(exc) is LookupError:  # nothing to promote or roll back to (not a KeyError bug)
-        return 2
+    if type(exc) is LookupError or isinstance(exc, NoChampionError):
+        return 2  # nothing to score with, promote or roll back to (not a KeyError bug)
     return 1
 
 
-def _fail(exc: BaseException) -> None:
+# What an MLflow error code means to a user; MLflow's own text names internals.
+_MLFLOW_CODES = {
+    "RESOURCE_DOES_NOT_EXIST": "a model, version, alias or run it was asked for does not exist",
+    "RESOURCE_ALREADY_EXISTS": "something with that name exists already",
+    "INVALID_PARAMETER_VALUE": "it refused a value",
+    "PERMISSION_DENIED": "permission denied",
+}
+
+
+def user_message(exc: BaseException) -> str:
+    """Return what a user is told of an error: the project's own message, or a plain summary.
+
+    MLflow's exception text names REST endpoints and internal ids, so it is replaced by what
+    went wrong in plain words (``--debug`` shows the original). Unexpected errors keep their
+    type and first line.
+    """
+    from mlflow.exceptions import MlflowException
+
+    from churnseg.pipelines.config import redact_secrets
+
+    if isinstance(exc, MlflowException):
+        import mlflow
+
+        code = str(getattr(exc, "error_code", "") or "")
+        what = _MLFLOW_CODES.get(code, f"the request failed ({code or type(exc).__name__})")
+        store = redact_secrets(mlflow.get_tracking_uri())
+        return f"MLflow store {store}: {what}"
+    text = redact_secrets(str(exc).strip())
+    if _exit_code(exc) == 1:  # not one of ours: keep it short, --debug has the rest
+        first = text.splitlines()[0] if text else ""
+        return f"{type(exc).__name__}: {first}".rstrip(": ")
+    return text or type(exc).__name__
+
+
+def _release(exc: BaseException) -> None:
+    """Drop the frames an error's traceback keeps alive, and everything they reference.
+
+    A failed stage's frames hold DuckDB connections and Arrow tables; left referenced until
+    the interpreter exits, duckdb's bindings print dozens of "nanobind: leaked ..." lines
+    after the error line.
+    """
+    seen: set[int] = set()
+    error: BaseException | None = exc
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if error.__traceback__ is not None:
+            traceback.clear_frames(error.__traceback__)
+        error.__traceback__ = None
+        error = error.__cause__ or error.__context__
+    gc.collect()
+
+
+def _fail(exc: BaseException) -> NoReturn:
+    code = _exit_code(exc)
+    message = user_message(exc)
     if _state["debug"]:
-        raise exc
-    first = str(exc).strip() or type(exc).__name__
-    err_console.print(f"[bold red]error:[/] {first}", highlight=False, soft_wrap=True)
-    err_console.print("(run with --debug for the traceback)", style="dim")
-    raise typer.Exit(_exit_code(exc))
+        # The traceback, then the documented exit code (not Python's 1 for an uncaught error).
+        traceback.print_exception(exc, file=sys.stderr)
+    _release(exc)
+    # markup=False: a message may hold brackets (a regex, a list) that rich would eat.
+    err_console.print(
+        f"error: {message}", style="bold red", markup=False, highlight=False, soft_wrap=True
+    )
+    if not _state["debug"]:
+        err_console.print("(run with --debug for the traceback)", style="dim", markup=False)
+    raise typer.Exit(code)
 
 
 @app.callback()
@@ -103,7 +170,7 @@ def sample(
     from churnseg.pipelines.sample import SampleSpec, write_sample
 
     if file_format not in ("parquet", "csv"):
-        _fail(ValueError(f"--format must be parquet or csv, got {file_format!r}"))
+        _fail(UsageError(f"--format must be parquet or csv, got {file_format!r}"))
     try:
         spec = SampleSpec(
             customers=customers,
@@ -142,10 +209,15 @@ def _print_summary(summary: dict[str, Any]) -> None:
         if q.quarantined:
             reasons = ", ".join(f"{r}={n}" for r, n in sorted(q.by_reason.items()))
             table.add_row(f"  {name}", f"{q.quarantined:,} ({reasons})")
+    kept = _kept_flags(quality)
+    if kept:
+        table.add_row("kept and flagged", kept)
     if "k" in summary:
         table.add_row("snapshot", summary["snapshot"])
+        for note in summary.get("plan_notes", []):
+            table.add_row("", note)
         table.add_row(
-            "segments (k)", f"{summary['k']}: {', '.join(summary['segment_names'].values())}"
+            "segments (k)", f"{summary['k']}: {'; '.join(summary['segment_names'].values())}"
         )
         table.add_row(
             "validation (out of time)",
@@ -158,6 +230,20 @@ def _print_summary(summary: dict[str, Any]) -> None:
             f"segmentation v{summary['segmentation_version']} (champion); "
             f"churn v{summary['churn_version']} {verdict}: {summary['churn_decision']}",
         )
+        if not summary["churn_promoted"] and summary.get("churn_champion_version"):
+            table.add_row(
+                "churn champion",
+                f"v{summary['churn_champion_version']} ({summary['churn_champion_kind']})",
+            )
+        dropped = summary.get("churn_dropped_features") or {}
+        if dropped:
+            table.add_row("features left out", f"{len(dropped)}: {', '.join(sorted(dropped))}")
+    if "customers_known" in summary:
+        table.add_row(
+            "customers",
+            f"{summary['customers_known']:,} known, {summary['rows_scored']:,} scored, "
+            f"{summary['customers_at_risk']:,} at risk (the rest have churned already)",
+        )
     table.add_row("rows published", f"{summary['rows_published']:,}")
     table.add_row("output table", summary["table"])
     if summary.get("resumed_stages"):  # a re-run after a failure: say what it did not redo
@@ -166,6 +252,21 @@ def _print_summary(summary: dict[str, Any]) -> None:
         table.add_row("MLflow store", summary["mlflow_tracking_uri"])
         table.add_row("MLflow run", summary["mlflow_run_id"])
     console.print(table)
+
+
+def _kept_flags(quality: dict[str, Any]) -> str:
+    """Return what cleaning kept but flagged: returns, extreme amounts, stub customers."""
+    parts = []
+    tx = quality.get("transactions")
+    if tx is not None:
+        if tx.flagged.get("is_return"):
+            parts.append(f"{tx.flagged['is_return']:,} returns (flagged or negative amounts)")
+        if tx.flagged.get("is_extreme"):
+            parts.append(f"{tx.flagged['is_extreme']:,} extreme amounts")
+    customers = quality.get("customers")
+    if customers is not None and customers.stubs:
+        parts.append(f"{customers.stubs:,} stub customers (ids only other tables know)")
+    return "; ".join(parts)
 
 
 @contextmanager
@@ -344,7 +445,7 @@ ModelOption = Annotated[
 
 def _model_name(config: Any, model: str) -> str:
     if model not in ("churn", "segmentation"):
-        _fail(ValueError(f"--model must be churn or segmentation, got {model!r}"))
+        _fail(UsageError(f"--model must be churn or segmentation, got {model!r}"))
     return str(config.mlflow.churn_model if model == "churn" else config.mlflow.segmentation_model)
 
 
@@ -367,7 +468,7 @@ def promote(
     Example: churnseg promote --force --model churn --version 7
     """
     if not force:
-        _fail(ValueError("promotion by hand bypasses the validation gate: pass --force"))
+        _fail(UsageError("promotion by hand bypasses the validation gate: pass --force"))
     cfg = _load(config)
     from mlflow import MlflowClient
 

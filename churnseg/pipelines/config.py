@@ -28,6 +28,7 @@ from pydantic import (
 )
 
 from churnseg.features.contract import CONTRACTS
+from churnseg.features.settings import FeatureConfig
 
 ENV_PREFIX = "CHURNSEG__"
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "default.yaml"
@@ -126,10 +127,12 @@ class SourceConfig(_Strict):
         description="IANA zone of timestamps that carry none (e.g. 'Europe/Paris'); they are "
         "converted to UTC. Default: UTC. Timestamps with a zone are converted from theirs.",
     )
-    attributes: dict[str, Literal["numeric", "categorical"]] = Field(
+    attributes: dict[str, Literal["numeric", "categorical", "date", "ignore"]] = Field(
         default_factory=dict,
-        description="customers only: attribute column (source name) -> numeric or categorical; "
-        "undeclared extra columns are inferred and the result is printed and logged.",
+        description="customers only: attribute column (source name) -> numeric, categorical, "
+        "date (its age at each cutoff becomes the feature) or ignore (not a feature: ids, "
+        "free text, values rewritten after the fact such as a last-login date); undeclared "
+        "extra columns are inferred and the result is printed and logged.",
     )
     latest_by: str | None = Field(
         None,
@@ -181,7 +184,9 @@ class CleaningConfig(_Strict):
     """Cleaning rules; every rejected row keeps its reason code in quarantine (docs/data_in.md)."""
 
     min_date: date = Field(
-        date(2000, 1, 1), description="Start date: timestamps before it are 'before_min_date'."
+        date(1980, 1, 1),
+        description="Start date: timestamps before it are 'before_min_date' (placeholders "
+        "such as 1900-01-01 or 1970-01-01 in systems that never had such dates).",
     )
     now: date | None = Field(
         None, description="Timestamps after this day are 'future'; default: the run's clock."
@@ -200,7 +205,10 @@ class CleaningConfig(_Strict):
         "or keep them and add a stub customer (is_stub = true).",
     )
     zero_amounts: Literal["quarantine", "keep"] = Field(
-        "quarantine", description="Transactions with amount 0: quarantine ('zero_amount') or keep."
+        "keep",
+        description="Transactions with amount 0 (free orders, samples): keep them as activity "
+        "(they count for recency and frequency, not for spend), or quarantine them "
+        "('zero_amount').",
     )
     max_abs_amount: float | None = Field(
         1e8,
@@ -234,76 +242,54 @@ class CleaningConfig(_Strict):
 
 
 class SnapshotConfig(_Strict):
-    """Cutoff dates: scoring at ``as_of``, validation one horizon earlier, training before that."""
+    """Cutoff dates: scoring at ``as_of``, validation one label window earlier, training before.
 
-    as_of: date | None = Field(
-        None, description="Scoring cutoff; default: the day after the last clean transaction."
-    )
-    horizon_days: int = Field(90, ge=1)
-    train_cutoffs: int = Field(
-        4, ge=2, description="Training cutoffs: all but the last fit, the last calibrates."
-    )
-    cutoff_step_days: int | None = Field(
-        None, ge=1, description="Days between training cutoffs; default: the horizon."
-    )
-
-
-class FeatureConfig(_Strict):
-    """Feature windows and churn labels; the label horizon is ``snapshots.horizon_days``.
-
-    Label modes (``label``): ``inactivity`` - no purchase (or activity event) in
-    ``[as_of, as_of + horizon)``; ``contract`` - the subscription coverage that was active at
-    ``as_of`` lapses in the horizon and no subscription follows within ``grace_days`` (or, without
-    a subscriptions table, ``customers.churn_date`` falls in the horizon); ``column`` - the
-    customers column ``label_column`` holds the flag (a snapshot without timestamps).
+    Training cutoffs are planned from the data: every one has ``min_history_days`` of history
+    before it and its label window ends on or before the validation cutoff, so no training label
+    sees the validation window. With ``features.label: column`` (a snapshot table without
+    timestamps) there is one cutoff and a seeded share of the labelled customers is held out.
     """
 
-    windows: tuple[int, ...] = Field(
-        (30, 90, 180, 365),
-        min_length=1,
-        description="Window lengths in days for counts, sums and trends (ascending, distinct).",
+    as_of: date | None = Field(
+        None,
+        description="Scoring cutoff; default: the day after the last clean activity "
+        "(transaction, event, subscription start or end), or today without timestamps.",
     )
-    slope_bucket_days: int = Field(30, ge=1, description="Bucket length of the spend slope.")
-    slope_buckets: int = Field(12, ge=2, description="Buckets the spend slope is fitted over.")
-    label: Literal["inactivity", "contract", "column"] = Field(
-        "inactivity", description="Churn label mode: inactivity, contract or column."
+    horizon_days: int = Field(90, ge=1)
+    train_cutoffs: int | Literal["auto"] = Field(
+        "auto",
+        description="Training cutoffs: 'auto' takes as many as the history allows (at most "
+        "max_train_cutoffs); a number asks for that many and takes fewer, with a note, when "
+        "the history is too short for them.",
     )
-    activity_event_types: list[str] = Field(
-        default_factory=list,
-        description="inactivity: event types that also count as activity (default: none).",
+    max_train_cutoffs: int = Field(
+        6, ge=1, description="auto: the most training cutoffs taken (more cost feature time)."
     )
-    grace_days: int = Field(
-        30, ge=0, description="contract: a lapse shorter than this is a renewal, not churn."
+    min_history_days: int | None = Field(
+        None,
+        ge=0,
+        description="History each training cutoff needs before it, counted from the first "
+        "activity in the data; default: one horizon.",
     )
-    label_column: str | None = Field(
-        None, description="column: the customers column holding the churn flag (0/1, bool)."
+    cutoff_step_days: int | None = Field(
+        None,
+        ge=1,
+        description="Days between training cutoffs; default: the horizon. Shorter gives more "
+        "training rows (label windows of neighbouring cutoffs then overlap; model selection "
+        "still fits only on cutoffs whose labels ended before the one it is judged on).",
     )
-    btyd_period_days: int = Field(
-        7, ge=1, description="BTYD period unit in days (7: frequency, recency, T in weeks)."
-    )
-    channels: list[str] | None = Field(
-        None, description="Channels with a share column; default: the most frequent ones."
-    )
-    event_types: list[str] | None = Field(
-        None, description="Event types with feature columns; default: the most frequent ones."
-    )
-    max_levels: int = Field(
-        20, ge=1, description="At most this many channels or event types get columns."
-    )
-    subscription_term_days: int = Field(
-        30, ge=1, description="Subscriptions renew every this many days from their start."
-    )
-    subscription_end_known: bool = Field(
-        False,
-        description="end_date is a contract end fixed in advance, so a future end may be read.",
+    holdout_share: float = Field(
+        0.25,
+        gt=0.0,
+        lt=1.0,
+        description="label column (no timestamps): share of labelled customers held out to "
+        "validate on (a seeded split by customer id).",
     )
 
     @model_validator(mode="after")
-    def _consistent(self) -> FeatureConfig:
-        if list(self.windows) != sorted(set(self.windows)) or self.windows[0] < 1:
-            raise ValueError(f"windows must be ascending, distinct and >= 1, got {self.windows}")
-        if self.label == "column" and not self.label_column:
-            raise ValueError("label 'column' needs label_column (the customers churn flag)")
+    def _cutoffs(self) -> SnapshotConfig:
+        if isinstance(self.train_cutoffs, int) and self.train_cutoffs < 1:
+            raise ValueError(f"train_cutoffs must be 'auto' or >= 1, got {self.train_cutoffs}")
         return self
 
 
@@ -332,17 +318,17 @@ def _default_naming() -> list[NamingRuleConfig]:
         ),
         NamingRuleConfig(name="Dormant", max_rank={"purchase_rate": 0.0}),
         NamingRuleConfig(name="Occasional", max_rank={"purchase_rate": 0.4}),
-        NamingRuleConfig(name="Loyal"),
     ]
 
 
 class SegmentationConfig(_Strict):
     """k-means segmentation: inputs, k range, identities across retrains, names."""
 
-    features: list[str] = Field(
-        default_factory=lambda: ["purchase_rate", "monetary_mean"],
-        min_length=1,
-        description="Clustering inputs: feature columns or derived names (purchase_rate).",
+    features: list[str] | Literal["auto"] = Field(
+        "auto",
+        description="Clustering inputs: feature columns or derived names (purchase_rate); "
+        "auto: purchase rate and order value with transactions, else activity and recurring "
+        "revenue, else up to three numeric customer attributes (docs/models.md).",
     )
     scaler: Literal["standard", "robust"] = "standard"
     pca_components: int | None = Field(None, ge=1, description="PCA before k-means; null: off.")
@@ -364,6 +350,8 @@ class SegmentationConfig(_Strict):
 
     @model_validator(mode="after")
     def _range(self) -> SegmentationConfig:
+        if isinstance(self.features, list) and not self.features:
+            raise ValueError("features must list at least one input, or be 'auto'")
         if self.k_max < self.k_min:
             raise ValueError(f"k_max ({self.k_max}) must be >= k_min ({self.k_min})")
         return self
@@ -382,7 +370,10 @@ class ClassificationConfig(_Strict):
     """Value tiers, lifecycle stages and overrides."""
 
     value_column: str = Field(
-        "spend_365d", description="Per-customer value the A/B/C tiers are cut on."
+        "auto",
+        description="Per-customer value the A/B/C tiers are cut on (a feature or numeric "
+        "attribute); auto: spend_365d with transactions, else sub_recurring_revenue with "
+        "subscriptions, else no tiers (null).",
     )
     tier_cuts: tuple[float, float] = Field(
         (0.80, 0.95),
@@ -657,6 +648,35 @@ class EngineConfig(_Strict):
         return settings
 
 
+def missing_for_label(features: FeatureConfig, tables: set[str]) -> str | None:
+    """Return what the label mode needs that ``tables`` lack (None when they suffice).
+
+    The combinations that work: ``inactivity`` needs transactions; ``contract`` needs
+    subscriptions, or customers with a ``churn_date`` column; ``column`` needs customers (with
+    ``features.label_column``). Any of them may add the other tables as features.
+    """
+    label = features.label
+    if label == "inactivity" and "transactions" not in tables:
+        fits = ["contract"] if "subscriptions" in tables else []
+        fits += ["column"] if "customers" in tables else []
+        hint = f"; with these tables use features.label: {' or '.join(fits)}" if fits else ""
+        return (
+            "features.label 'inactivity' needs sources.transactions (churn = no purchase in "
+            f"the horizon); the config has {sorted(tables)}{hint}"
+        )
+    if label == "contract" and not tables & {"subscriptions", "customers"}:
+        return (
+            "features.label 'contract' needs sources.subscriptions, or sources.customers "
+            f"with a churn_date column; the config has {sorted(tables)}"
+        )
+    if label == "column" and "customers" not in tables:
+        return (
+            "features.label 'column' needs sources.customers holding the label column "
+            f"{features.label_column!r}; the config has {sorted(tables)}"
+        )
+    return None
+
+
 class Config(_Strict):
     """The whole run configuration."""
 
@@ -678,16 +698,20 @@ class Config(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _sample_sources(cls, data: Any) -> Any:
-        """With the sample enabled and no sources given, read the four sample tables."""
-        if isinstance(data, dict) and not data.get("sources"):
-            sample = data.get("sample") or {}
-            if not isinstance(sample, dict) or sample.get("enabled", True):
-                data = {
-                    **data,
-                    "sources": {
-                        t: {"path": f"{{state_dir}}/sample/{t}.parquet"} for t in CONTRACTS
-                    },
-                }
+        """Use the bundled sample only where the config has a ``sample:`` section enabling it.
+
+        A config without ``sample:`` never reads or generates the sample, so removing a source
+        can never switch a run to synthetic data.
+        """
+        if not isinstance(data, dict):
+            return data
+        sample = data.get("sample")
+        if sample is None:
+            return {**data, "sample": {"enabled": False}}
+        enabled = not isinstance(sample, dict) or sample.get("enabled", True)
+        if enabled and not data.get("sources"):
+            sources = {t: {"path": f"{{state_dir}}/sample/{t}.parquet"} for t in CONTRACTS}
+            data = {**data, "sources": sources}
         return data
 
     @model_validator(mode="after")
@@ -695,8 +719,15 @@ class Config(_Strict):
         unknown = sorted(set(self.sources) - set(CONTRACTS))
         if unknown:
             raise ValueError(f"unknown table(s) {unknown}; allowed: {sorted(CONTRACTS)}")
-        if "transactions" not in self.sources and not self.sample.enabled:
-            raise ValueError("sources.transactions is required unless sample.enabled is true")
+        if not self.sources:
+            raise ValueError(
+                "no sources: give sources.customers and/or sources.transactions (and events, "
+                "subscriptions where you have them), or `sample: {enabled: true}` for the "
+                "bundled synthetic sample"
+            )
+        missing = missing_for_label(self.features, set(self.sources))
+        if missing:
+            raise ValueError(missing)
         return self
 
     def resolve(self, text: str) -> str:

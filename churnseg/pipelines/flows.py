@@ -22,11 +22,14 @@ from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 import mlflow
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from prefect import State, Task, flow
 from prefect.runtime import flow_run
 
+from churnseg.models.classification import CHURNED_BAND
 from churnseg.pipelines import resume, stages, tasks
 from churnseg.pipelines.config import Config, load_config, redact_secrets
 from churnseg.pipelines.dask_scoring import score_stage_on_dask
@@ -99,18 +102,31 @@ class StageRunner:
         return call
 
 
-def _registered_here(model_name: str, paths: RunPaths) -> Callable[[Any], bool]:
-    """Return a check that an outcome's model version was registered by an attempt of this run.
+def _registered_here(config: Config, paths: RunPaths) -> Callable[[stages.ChurnOutcome], bool]:
+    """Return a check that a churn outcome's model versions were registered by this run.
 
-    Guards against a cached outcome outliving its model (registry reset or version deleted).
+    Guards against a cached outcome outliving its models (registry reset or version deleted):
+    the challenger, the champion it left, and the segmentation model it registered.
     """
+    attempts = resume.attempt_run_ids(paths)
 
-    def check(outcome: Any) -> bool:
+    def registered(model_name: str, version: int | None) -> bool:
+        if version is None:
+            return True
         try:
-            version = MlflowClient().get_model_version(model_name, str(outcome.version))
+            found = MlflowClient().get_model_version(model_name, str(version))
         except MlflowException:
             return False
-        return version.run_id in resume.attempt_run_ids(paths)
+        return found.run_id in attempts
+
+    def check(outcome: stages.ChurnOutcome) -> bool:
+        churn, seg = config.mlflow.churn_model, config.mlflow.segmentation_model
+        own_champion = outcome.champion_kind != "previous champion"
+        return (
+            registered(churn, outcome.version)
+            and (not own_champion or registered(churn, outcome.champion_version))
+            and registered(seg, outcome.segmentation_version)
+        )
 
     return check
 
@@ -184,12 +200,20 @@ def score_flow(
         mlflow.log_metric("rows_published", published)
     summary.update(
         rows_scored=scored,
+        customers_known=int(pq.ParquetFile(features_file).metadata.num_rows),
+        customers_at_risk=_at_risk_count(paths.scores),
         rows_published=published,
         table=target.describe(target.names.customer_scores),
         score_run_id=run.info.run_id,
         resumed_stages=runner.reused,
     )
     return summary
+
+
+def _at_risk_count(scores: Path) -> int:
+    """Return how many scored customers can still churn (risk band other than churned)."""
+    bands = pq.read_table(scores, columns=["risk_band"]).column("risk_band")
+    return int(pc.sum(pc.not_equal(bands, CHURNED_BAND)).as_py() or 0)
 
 
 @contextmanager
@@ -278,12 +302,13 @@ def retrain_flow(config_path: str | None = None, fresh: bool = False) -> dict[st
         feature_rows = runner.stage(tasks.features, feature_files)(config, paths, cutoffs)
         seg = runner.stage(
             tasks.segmentation,
-            [paths.root / "segment_profiles.parquet", paths.root / "segment_migration.parquet"],
-            _registered_here(config.mlflow.segmentation_model, paths),
+            [
+                paths.root / "segment_profiles.parquet",
+                paths.root / "segment_migration.parquet",
+                paths.root / stages.SEGMENTATION_FILE,
+            ],
         )(config, paths, run_id)
-        churn = runner.stage(tasks.churn, valid=_registered_here(config.mlflow.churn_model, paths))(
-            config, paths
-        )
+        churn = runner.stage(tasks.churn, valid=_registered_here(config, paths))(config, paths)
         _log_reused(seg, churn, set(runner.reused))
         scoring = score_flow(
             config_path=config_path,
@@ -304,11 +329,15 @@ def retrain_flow(config_path: str | None = None, fresh: bool = False) -> dict[st
         "feature_rows": feature_rows,
         "k": seg.k,
         "segment_names": seg.names,
-        "segmentation_version": seg.version,
+        "segmentation_version": churn.segmentation_version,
         "churn_version": churn.version,
+        "churn_champion_version": churn.champion_version,
+        "churn_champion_kind": churn.champion_kind,
         "churn_promoted": churn.promoted,
         "churn_decision": churn.reason,
         "churn_candidate": churn.candidate,
+        "churn_dropped_features": churn.dropped_features,
+        "plan_notes": list(cutoffs.notes),
         "val_roc_auc": churn.metrics["val_roc_auc"],
         "val_ece": churn.metrics["val_ece"],
         "mlflow_tracking_uri": redact_secrets(config.tracking_uri),

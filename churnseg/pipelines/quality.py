@@ -34,7 +34,7 @@ DATE_COLUMNS = {
     "events": "timestamp",
     "subscriptions": "start_date",
 }
-_FLAGS = (IS_EXTREME, IS_STUB)
+_FLAGS = (IS_EXTREME, IS_STUB, "is_return")
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,9 @@ class TableQuality:
         by_reason: Quarantined rows per reason code.
         stubs: Stub customers added for ids found only in other tables.
         nulls: Null values per column of the clean table.
-        flagged: True values of flag columns (``is_extreme``, ``is_stub``) in the clean table.
+        flagged: True values of flag columns in the clean table: ``is_extreme`` (amounts
+            flagged as extreme, kept), ``is_stub`` and ``is_return`` (returns kept, flagged or
+            read from negative amounts).
         date_column: Column of the date range.
         first: Earliest clean date (ISO), or None.
         last: Latest clean date (ISO), or None.

@@ -33,7 +33,11 @@ from churnseg.pipelines.config import Config
 from churnseg.pipelines.monitor import ARTIFACTS, MonitorError, reference_run
 from churnseg.pipelines.sinks.schema import LATEST_VIEW_SUFFIX
 from churnseg.pipelines.sources import database_url
-from churnseg.pipelines.stages import configure_mlflow, read_at_risk_population
+from churnseg.pipelines.stages import (
+    configure_mlflow,
+    population_recency_limit,
+    read_at_risk_population,
+)
 
 TOP_CUSTOMERS = 25
 REPORT_ARTIFACT = "report"
@@ -145,7 +149,7 @@ def champion_performance(config: Config) -> ModelPerformance:
     validation_file = reference.root / "features" / "validation.parquet"
     if not validation_file.exists():
         raise MonitorError(f"validation table {validation_file} of the champion is missing")
-    validation = read_at_risk_population(validation_file, config.churn.population_max_recency_days)
+    validation = read_at_risk_population(validation_file, population_recency_limit(config))
     proba = churn_probability(load_champion(config.mlflow.churn_model), validation)
     metrics = MlflowClient().get_run(reference.run_id).data.metrics if reference.run_id else {}
     return ModelPerformance(

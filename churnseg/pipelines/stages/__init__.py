@@ -7,8 +7,10 @@ and small summaries, never large frames. One module per stage; this package name
 from churnseg.pipelines.stages.churn_training import (
     EXPLAIN_ARTIFACT,
     ChurnOutcome,
+    at_risk_mask,
     at_risk_population,
     churn_stage,
+    population_recency_limit,
     read_at_risk_population,
 )
 from churnseg.pipelines.stages.extract_clean import (
@@ -43,10 +45,14 @@ from churnseg.pipelines.stages.scoring import (
 from churnseg.pipelines.stages.segmenting import (
     PROFILE_COLUMNS,
     SEGMENT_NAMES_TAG,
+    SEGMENTATION_FILE,
     SegmentationOutcome,
+    register_segmentation,
     segment_names,
+    segmentation_inputs,
     segmentation_pipeline_from_config,
     segmentation_stage,
+    trained_segmentation,
 )
 from churnseg.pipelines.stages.tracking import (
     configure_mlflow,
@@ -61,12 +67,14 @@ __all__ = [
     "FEATURE_TABLES",
     "LEVELS_PARAM",
     "PROFILE_COLUMNS",
+    "SEGMENTATION_FILE",
     "SEGMENT_NAMES_TAG",
     "ChurnOutcome",
     "DataQualityError",
     "RunPaths",
     "ScoringContext",
     "SegmentationOutcome",
+    "at_risk_mask",
     "at_risk_population",
     "champion_levels",
     "churn_stage",
@@ -80,8 +88,10 @@ __all__ = [
     "log_lineage",
     "log_scoring_metrics",
     "new_run_key",
+    "population_recency_limit",
     "read_at_risk_population",
     "read_feature_table",
+    "register_segmentation",
     "resolve_plan",
     "run_paths",
     "score_batch",
@@ -89,7 +99,9 @@ __all__ = [
     "score_stage",
     "scoring_context",
     "segment_names",
+    "segmentation_inputs",
     "segmentation_pipeline_from_config",
     "segmentation_stage",
     "summary_line",
+    "trained_segmentation",
 ]

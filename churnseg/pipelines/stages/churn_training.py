@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import mlflow
+import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
+from numpy.typing import NDArray
 from sklearn.inspection import permutation_importance
 
+from churnseg.features.labels import AT_RISK, label_days
 from churnseg.models import churn as churn_model
 from churnseg.models import evaluation, reasons
 from churnseg.models.plots import importance_figure, reliability_figure
 from churnseg.models.registry import (
-    champion_version,
+    CHALLENGER,
     decide_promotion,
     find_champion,
-    load_champion,
     load_version,
     log_and_register,
     promote,
@@ -26,29 +30,67 @@ from churnseg.models.registry import (
 from churnseg.pipelines.config import Config
 from churnseg.pipelines.stages.feature_tables import read_feature_table
 from churnseg.pipelines.stages.run_folder import RunPaths
-from churnseg.pipelines.stages.segmenting import segment_names
+from churnseg.pipelines.stages.segmenting import (
+    register_segmentation,
+    segment_names,
+    trained_segmentation,
+)
 
 
 @dataclass(frozen=True)
 class ChurnOutcome:
-    """What the churn stage registered, how it validated, and whether it became champion."""
+    """What the churn stage registered, how it validated, and which model is champion now.
+
+    ``version`` is the challenger's registered version; ``champion_version`` the churn model
+    scoring uses after this stage (the challenger, a promoted baseline, or the old champion),
+    ``champion_kind`` says which ("challenger", "baseline <name>" or "previous champion").
+    """
 
     version: int
     promoted: bool
     reason: str
     candidate: str
     metrics: dict[str, float]
+    champion_version: int | None = None
+    champion_kind: str = "challenger"
+    segmentation_version: int | None = None
+    dropped_features: dict[str, str] = field(default_factory=dict)
 
 
 EXPLAIN_ARTIFACT = "churn/explain.json"
 
 
+def population_recency_limit(config: Config) -> int | None:
+    """Return the recency beyond which a customer is not at risk (inactivity labels only).
+
+    With inactivity labels, a customer who has not bought for longer than
+    ``churn.population_max_recency_days`` has churned already. Contract and column labels say
+    who is at risk themselves (an active contract, a labelled row): no recency limit.
+    """
+    if config.features.label != "inactivity":
+        return None
+    return config.churn.population_max_recency_days
+
+
 def at_risk_population(frame: pd.DataFrame, max_recency_days: int | None) -> pd.DataFrame:
     """Return the rows the churn model learns from: bought recently, or not bought yet."""
-    if max_recency_days is None:
-        return frame
-    keep = (frame["recency_days"] <= max_recency_days) | (frame["frequency"] == 0)
-    return frame[keep]
+    return frame[at_risk_mask(frame, max_recency_days)]
+
+
+def at_risk_mask(frame: pd.DataFrame, max_recency_days: int | None) -> NDArray[np.bool_]:
+    """Return which rows can still churn: the ``at_risk`` flag, and bought recently or never.
+
+    The same rule picks the training rows and the customers scoring ranks; the others have
+    churned already (a contract ended, long lapsed).
+    """
+    keep = np.ones(len(frame), dtype=bool)
+    if AT_RISK in frame.columns:
+        keep &= frame[AT_RISK].fillna(False).to_numpy(dtype=bool)
+    if max_recency_days is not None and "recency_days" in frame.columns:
+        recent = (frame["recency_days"] <= max_recency_days).fillna(False).to_numpy(dtype=bool)
+        never = (frame["frequency"] == 0).fillna(True).to_numpy(dtype=bool)
+        keep &= recent | never
+    return keep
 
 
 def read_at_risk_population(path: Path, max_recency_days: int | None) -> pd.DataFrame:
@@ -57,66 +99,92 @@ def read_at_risk_population(path: Path, max_recency_days: int | None) -> pd.Data
     At a million customers the stacked training table is over 2 GB as a DataFrame and a third
     of it is long-lapsed: reading only the kept rows saves that copy. Same rows, same order.
     """
+    has_recency = "recency_days" in pq.read_schema(path).names
     # Missing recency (never bought) fails the first test and passes the second, as in pandas.
     keep = [[("recency_days", "<=", max_recency_days)], [("frequency", "==", 0)]]
-    return read_feature_table(path, filters=None if max_recency_days is None else keep)
+    use = max_recency_days is not None and has_recency
+    return read_feature_table(path, filters=keep if use else None)
 
 
-def _p_alive_column(frame: pd.DataFrame) -> str | None:
-    return next((c for c in frame.columns if "p_alive" in c), None)
+def _segmenter(config: Config, paths: RunPaths) -> tuple[Any, dict[int, str]] | None:
+    """Return the segmentation model this run trained (else the champion) and its names."""
+    trained = trained_segmentation(paths)
+    if trained is not None:
+        return mlflow.sklearn.load_model(trained[0]), trained[1]
+    name = config.mlflow.segmentation_model
+    version = find_champion(name)
+    if version is None:
+        return None
+    return load_version(name, version), segment_names(name, version)
+
+
+def _label_days(config: Config, paths: RunPaths) -> int:
+    """Return the days a label reads after its cutoff (the plan's spacing)."""
+    has_subscriptions = (paths.clean / "subscriptions.parquet").exists()
+    return label_days(config.features, config.snapshots.horizon_days, has_subscriptions)
 
 
 def churn_stage(config: Config, paths: RunPaths) -> ChurnOutcome:
-    """Search, calibrate and validate a churn model out of time; promote it only if it wins.
+    """Search, calibrate and validate a churn model out of time; register and promote the winner.
 
-    Validation rows are the validation cutoff's at-risk population. The challenger must beat
-    every baseline (recency alone, BG/NBD P(alive) when present, logistic regression on RFM)
-    and the champion, scored on the same rows, by ``churn.promotion_margin``.
+    Validation rows are the validation cutoff's at-risk population. The challenger, every
+    baseline (recency alone, logistic regression on RFM, BG/NBD P(alive), each where its
+    columns exist; fitted and calibrated the same way) and the champion are scored on the same
+    rows. The challenger must beat the best baseline, else that baseline is the contender; the
+    contender is promoted when there is no champion yet, or when it beats the champion by
+    ``churn.promotion_margin``. So the first run always ends with a champion, and a later losing
+    contender leaves the champion in place. The segmentation model this run trained is
+    registered and promoted here too, once everything else succeeded: a retrain that fails
+    registers nothing.
     """
     c = config.churn
     name = config.mlflow.churn_model
-    max_recency = c.population_max_recency_days
+    max_recency = population_recency_limit(config)
+    gap = _label_days(config, paths)
     train = read_at_risk_population(paths.features / "train.parquet", max_recency)
     validation = read_at_risk_population(paths.features / "validation.parquet", max_recency)
-    spec = churn_model.feature_spec(train)
+    spec, dropped, season = churn_model.model_inputs(train)
     search = churn_model.time_aware_search(
-        train, spec, c.candidates, c.search_sample_rows, c.random_state
+        train, spec, c.candidates, c.search_sample_rows, c.random_state, gap
     )
-    model = churn_model.fit_calibrated(
-        train,
-        spec,
-        search.name,
-        search.params,
-        c.calibration,
-        c.random_state,
-        c.fit_sample_rows,
-        c.calibration_sample_rows,
-    )
+    _, _, split = churn_model.held_out_rows(train, gap, c.random_state)
+
+    def calibrated(fit_spec: churn_model.FeatureSpec, kind: str, params: dict[str, Any]) -> Any:
+        return churn_model.fit_calibrated(
+            train,
+            fit_spec,
+            kind,
+            params,
+            c.calibration,
+            c.random_state,
+            c.fit_sample_rows,
+            c.calibration_sample_rows,
+            gap,
+        )
+
+    model = calibrated(spec, search.name, search.params)
     y = validation[churn_model.LABEL].to_numpy()
-    proba = churn_model.churn_probability(model, validation)
     cap = c.contact_capacity
-    metrics = {
-        **evaluation.ranking_metrics(y, proba, cap),
-        **evaluation.probability_metrics(y, proba),
-    }
 
-    baselines = {"recency": evaluation.ranking_metrics(y, validation["recency_days"], cap)}
-    p_alive = _p_alive_column(validation)
-    if p_alive is not None:
-        # BG/NBD says nothing about customers who never bought: rank them at the median.
-        alive = validation[p_alive].fillna(validation[p_alive].median())
-        baselines["bgnbd_p_alive"] = evaluation.ranking_metrics(y, 1 - alive, cap)
-    rfm = churn_model.fit_rfm_baseline(train)
-    baselines["logistic_rfm"] = evaluation.ranking_metrics(
-        y, churn_model.churn_probability(rfm, validation), cap
-    )
+    def judged(candidate: Any) -> tuple[NDArray[np.float64], dict[str, float]]:
+        proba = churn_model.churn_probability(candidate, validation)
+        ranking = evaluation.ranking_metrics(y, proba, cap)
+        return proba, {**ranking, **evaluation.probability_metrics(y, proba)}
 
-    segmenter = load_champion(config.mlflow.segmentation_model)
-    seg_names = segment_names(
-        config.mlflow.segmentation_model, champion_version(config.mlflow.segmentation_model)
-    )
-    segments = pd.Series(segmenter.predict(validation)).map(seg_names).fillna("(unnamed)")
-    by_segment = evaluation.metrics_by_group(y, proba, segments, cap)
+    proba, metrics = judged(model)
+    baseline_models: dict[str, Any] = {}
+    baselines: dict[str, dict[str, float]] = {}
+    for baseline, baseline_spec in churn_model.baseline_specs(spec).items():
+        fitted = calibrated(baseline_spec, "logreg", churn_model.BASELINE_PARAMS)
+        baseline_models[baseline] = fitted
+        baselines[baseline] = judged(fitted)[1]
+
+    segmenter = _segmenter(config, paths)
+    if segmenter is not None:
+        segments = pd.Series(segmenter[0].predict(validation)).map(segmenter[1])
+        by_segment = evaluation.metrics_by_group(y, proba, segments.fillna("(unnamed)"), cap)
+    else:
+        by_segment = pd.DataFrame()
     folds = churn_model.backtest(
         train,
         spec,
@@ -127,6 +195,7 @@ def churn_stage(config: Config, paths: RunPaths) -> ChurnOutcome:
         c.random_state,
         later=validation,
         search=search,
+        label_days=gap,
     )
     # Importance of the ranking model: calibration is monotone, so the ROC AUC drop is the same,
     # and skipping the calibrator halves the cost of the many predictions this takes.
@@ -150,8 +219,12 @@ def churn_stage(config: Config, paths: RunPaths) -> ChurnOutcome:
             "churn_params": json.dumps(search.params),
             "churn_calibration": c.calibration,
             "churn_features": len(spec.columns),
+            "churn_selection_split": split,
+            "churn_seasonality": season,
+            "churn_features_dropped": len(dropped),
         }
     )
+    mlflow.log_dict(dropped, "churn/dropped_features.json")
     mlflow.log_metrics(
         {
             **{f"val_{k}": v for k, v in metrics.items()},
@@ -160,8 +233,7 @@ def churn_stage(config: Config, paths: RunPaths) -> ChurnOutcome:
             "train_churn_rate": float(train[churn_model.LABEL].mean()),
             "val_rows": float(len(validation)),
             "val_churn_rate": float(y.mean()),
-            f"backtest_{metric}_mean": float(folds[metric].mean()),
-            f"backtest_{metric}_std": float(folds[metric].std(ddof=0)),
+            **_backtest_metrics(folds, metric),
         }
     )
     mlflow.log_table(pd.DataFrame(search.trials).astype({"params": str}), "churn/search.json")
@@ -177,9 +249,6 @@ def churn_stage(config: Config, paths: RunPaths) -> ChurnOutcome:
     top = [f for f in importances.feature if f in spec.numeric][: c.reasons_max_features]
     mlflow.log_dict({"reference": reference, "features": top}, EXPLAIN_ARTIFACT)
 
-    version = log_and_register(
-        model, name, validation[spec.columns].head(100), churn_model.SKOPS_TYPES, proba[:100]
-    )
     champion_score = None
     previous = find_champion(name)
     if previous is not None:
@@ -189,24 +258,71 @@ def churn_stage(config: Config, paths: RunPaths) -> ChurnOutcome:
             mlflow.log_metric(f"champion_{metric}", champion_score)
         except KeyError:
             champion_score = None  # the champion needs features this data no longer has
-    best = max(baselines, key=lambda b: baselines[b][metric])
     decision = decide_promotion(
         metric,
         metrics[metric],
         champion_score,
-        (best, baselines[best][metric]),
+        {b: m[metric] for b, m in baselines.items()},
         c.promotion_margin,
     )
+    gate = {
+        "metric": metric,
+        "challenger": {"candidate": search.name, **metrics},
+        "baselines": baselines,
+        "champion": None if previous is None else {"version": previous, metric: champion_score},
+        "winner": decision.winner,
+        "reason": decision.reason,
+    }
+    mlflow.log_dict(gate, "churn/promotion_gate.json")
+
+    # Registration last: everything above can fail without leaving a version behind.
+    version = log_and_register(
+        model, name, validation[spec.columns].head(100), churn_model.SKOPS_TYPES, proba[:100]
+    )
     record = {f"val_{k}": v for k, v in metrics.items()}
-    if decision.promote:
+    champion, kind = previous, "previous champion"
+    if decision.winner == CHALLENGER:
         promote(name, version, decision.reason, record)
+        champion, kind = version, "challenger"
     else:
         record_rejection(name, version, decision.reason, record)
-    mlflow.set_tags({"churn.promoted": str(decision.promote), "churn.decision": decision.reason})
+        if decision.winner is not None:
+            chosen = baseline_models[decision.winner]
+            columns = churn_model.baseline_specs(spec)[decision.winner].columns
+            champion = log_and_register(
+                chosen, name, validation[columns].head(100), churn_model.SKOPS_TYPES
+            )
+            scores = {f"val_{k}": v for k, v in baselines[decision.winner].items()}
+            promote(name, champion, decision.reason, scores)
+            kind = f"baseline {decision.winner}"
+    segmentation_version = (
+        register_segmentation(config, paths) if trained_segmentation(paths) else None
+    )
+    mlflow.set_tags(
+        {
+            "churn.promoted": str(decision.promote),
+            "churn.decision": decision.reason,
+            "churn.champion": kind,
+        }
+    )
     return ChurnOutcome(
         version=version,
-        promoted=decision.promote,
+        promoted=decision.winner == CHALLENGER,
         reason=decision.reason,
         candidate=search.name,
         metrics={f"val_{k}": v for k, v in metrics.items()},
+        champion_version=champion,
+        champion_kind=kind,
+        segmentation_version=segmentation_version,
+        dropped_features=dropped,
     )
+
+
+def _backtest_metrics(folds: pd.DataFrame, metric: str) -> dict[str, float]:
+    """Return the backtest's mean and spread of ``metric`` (none without folds)."""
+    if folds.empty:
+        return {}
+    return {
+        f"backtest_{metric}_mean": float(folds[metric].mean()),
+        f"backtest_{metric}_std": float(folds[metric].std(ddof=0)),
+    }

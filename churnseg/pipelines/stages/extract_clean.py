@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import shutil
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import ibis
@@ -17,13 +17,16 @@ from ibis.backends.duckdb import Backend as DuckDBBackend
 from churnseg.features.cleaning import (
     BAD_ENCODING,
     BAD_TIMESTAMP,
+    BEFORE_MIN_DATE,
     FUTURE_TIMESTAMP,
     IS_STUB,
     MALFORMED_LINE,
     NULL_CUSTOMER_ID,
     REASON,
     ROW,
+    SEEN_AT,
     UNKNOWN_CUSTOMER,
+    AttributeKind,
     CleaningRules,
     CustomerOptions,
     ReadOptions,
@@ -32,6 +35,7 @@ from churnseg.features.cleaning import (
     infer_attributes,
     quarantine_records,
     raw_rows,
+    seen_in_quarantine,
     split_tagged,
     stub_customers,
     tag_table,
@@ -40,7 +44,9 @@ from churnseg.features.contract import CONTRACTS
 from churnseg.features.labels import label_days
 from churnseg.features.snapshots import (
     CutoffPlan,
+    HistoryTooShortError,
     plan_cutoffs,
+    snapshot_plan,
 )
 from churnseg.pipelines.config import Config, SourceConfig
 from churnseg.pipelines.quality import (
@@ -59,6 +65,9 @@ from churnseg.pipelines.sources import (
     extract_sources,
 )
 from churnseg.pipelines.stages.run_folder import CLEAN_ORDER, RunPaths, ensure_sample
+
+# Ids that only quarantined rows show, with when they were first seen (``features.build``).
+SEEN_FILE = "seen.parquet"
 
 
 class DataQualityError(RuntimeError):
@@ -99,18 +108,23 @@ def _cleaning_rules(config: Config) -> CleaningRules:
     )
 
 
-def _customer_options(conformed: ir.Table, source: SourceConfig, config: Config) -> CustomerOptions:
+def _customer_options(
+    conformed: ir.Table, source: SourceConfig, config: Config, options: ReadOptions
+) -> CustomerOptions:
     """Return attribute kinds (declared or inferred) and print what was inferred."""
     exclude = {source.latest_by} if source.latest_by else set()
+    if config.features.label_column:  # the label is not an attribute
+        exclude.add(config.features.label_column)
+    declared: dict[str, AttributeKind] = dict(source.attributes)
     attributes = infer_attributes(
-        conformed, source.attributes, exclude, config.cleaning.numeric_min_distinct
+        conformed, declared, exclude, config.cleaning.numeric_min_distinct, options
     )
     inferred = {c: k for c, k in attributes.kinds.items() if c not in source.attributes}
     if inferred:
         shown = ", ".join(f"{c}={k}" for c, k in inferred.items())
         # A printed summary, so a wrong guess is seen; sources.customers.attributes fixes it.
         print(f"customers attributes inferred: {shown}")
-    return CustomerOptions(latest_by=source.latest_by, attributes=attributes)
+    return CustomerOptions(latest_by=source.latest_by, attributes=attributes, read=options)
 
 
 def clean_stage(config: Config, paths: RunPaths) -> dict[str, TableQuality]:
@@ -137,6 +151,7 @@ def clean_stage(config: Config, paths: RunPaths) -> dict[str, TableQuality]:
     records: list[ir.Table] = []
     attributes: dict[str, str] = {}
     customer_ids = None
+    seen_parts: list[Path] = []
     for name in CLEAN_ORDER:
         if name not in config.sources:
             continue
@@ -147,7 +162,7 @@ def clean_stage(config: Config, paths: RunPaths) -> dict[str, TableQuality]:
         rows = check_usable(raw, conformed, CONTRACTS[name], source.columns)
         customer_options = None
         if name == "customers":
-            customer_options = _customer_options(conformed, source, config)
+            customer_options = _customer_options(conformed, source, config, options)
             if customer_options.attributes is not None:
                 attributes = dict(customer_options.attributes.kinds)
         # Written once, so the duplicate windows run once for both outputs.
@@ -159,6 +174,9 @@ def clean_stage(config: Config, paths: RunPaths) -> dict[str, TableQuality]:
         con.to_parquet(result.clean.drop(ROW), clean_file)
         quarantine_file = paths.quarantine / f"{name}.parquet"
         con.to_parquet(raw_rows(raw, result.quarantine), quarantine_file)
+        if name in SEEN_AT:
+            seen_parts.append(paths.clean / f"{name}.seen.parquet")
+            con.to_parquet(seen_in_quarantine(result.quarantine, name, rules), seen_parts[-1])
         tagged_file.unlink()
         quarantined = con.read_parquet(quarantine_file)
         by_reason = reason_counts(quarantined)
@@ -183,6 +201,7 @@ def clean_stage(config: Config, paths: RunPaths) -> dict[str, TableQuality]:
         if name == "customers":
             customer_ids = con.read_parquet(clean_file).select("customer_id")
     stubs = _add_stub_customers(con, config, paths)
+    _write_seen(con, seen_parts, paths)
     _write_quarantine(con, records, paths.root / QUARANTINE_FILE)
     report = {
         name: profile_table(
@@ -197,6 +216,30 @@ def clean_stage(config: Config, paths: RunPaths) -> dict[str, TableQuality]:
     _log_quality(report, attributes)
     _check_quarantine_share(report, config.cleaning.max_quarantine_share)
     return report
+
+
+def _write_seen(con: DuckDBBackend, parts: list[Path], paths: RunPaths) -> None:
+    """Write ``clean/seen.parquet``: ids quarantined rows show, with when they were first seen.
+
+    An id whose rows all had unusable times is first seen at the data's last clean activity,
+    so it is scored at the default cutoff without entering earlier (training) snapshots.
+    """
+    if not parts:
+        return
+    seen = ibis.union(*(con.read_parquet(p) for p in parts), distinct=False)
+    seen = seen.group_by("customer_id").aggregate(first_ts=seen.first_ts.min())
+    lasts = []
+    for name, column in SEEN_AT.items():
+        clean = paths.clean / f"{name}.parquet"
+        if clean.exists():
+            lasts.append(con.read_parquet(clean)[column].cast("timestamp").max().execute())
+    known_last = [pd.Timestamp(v) for v in lasts if v is not None and not pd.isna(v)]
+    fallback = max(known_last).to_pydatetime() if known_last else None
+    if fallback is not None:
+        seen = seen.mutate(first_ts=seen.first_ts.fill_null(ibis.literal(fallback)))
+    con.to_parquet(seen.filter(seen.first_ts.notnull()), paths.clean / SEEN_FILE)
+    for part in parts:
+        part.unlink()
 
 
 def _write_quarantine(con: DuckDBBackend, records: list[ir.Table], path: Path) -> None:
@@ -255,6 +298,7 @@ _REASON_HINTS = {
     BAD_ENCODING: "set sources.{table}.encoding (utf-8, latin-1, utf-16)",
     MALFORMED_LINE: "check sources.{table}.delimiter and header",
     BAD_TIMESTAMP: "check sources.{table}.date_formats",
+    BEFORE_MIN_DATE: "set cleaning.min_date to the first day of your data",
     NULL_CUSTOMER_ID: "check sources.{table}.columns.customer_id",
     UNKNOWN_CUSTOMER: "cleaning.unknown_customers: stub keeps these rows",
     FUTURE_TIMESTAMP: "check sources.{table}.time_zone and cleaning.now",
@@ -282,23 +326,82 @@ def _check_quarantine_share(report: dict[str, TableQuality], limit: float) -> No
     )
 
 
-def resolve_plan(config: Config, paths: RunPaths) -> CutoffPlan:
-    """Return the cutoff plan: ``snapshots.as_of`` or the day after the last clean purchase.
+# Where a table records activity: the dates the plan's history and default as_of come from.
+ACTIVITY_COLUMNS = {
+    "transactions": ("timestamp",),
+    "events": ("timestamp",),
+    "subscriptions": ("start_date", "end_date"),
+}
+# Without any activity table, the customers' own dates place the data in time.
+CUSTOMER_DATES = ("signup_date", "churn_date")
 
-    Cutoffs are spaced by the days a label reads: the horizon, plus the grace gap for contract
-    labels from subscriptions.
+
+def activity_range(config: Config, paths: RunPaths) -> tuple[date | None, date | None]:
+    """Return the first and last day of activity in the clean tables (None: no dates at all).
+
+    Activity is a transaction, an event, or a subscription start or end; a customers table
+    alone contributes its signup and churn dates. Dates after ``cleaning.now`` (a contract end
+    fixed in advance) are not activity yet.
+    """
+    tables = {n: c for n, c in ACTIVITY_COLUMNS.items() if (paths.clean / f"{n}.parquet").exists()}
+    if not tables and (paths.clean / "customers.parquet").exists():
+        tables = {"customers": CUSTOMER_DATES}
+    now = _cleaning_rules(config).now
+    con = connect_engine(config.engine)
+    firsts, lasts = [], []
+    try:
+        for name, columns in tables.items():
+            t = con.read_parquet(paths.clean / f"{name}.parquet")
+            for column in columns:
+                if column not in t.columns:
+                    continue
+                ts = t[column].cast("timestamp")
+                row = t.aggregate(
+                    first=ts.min(), last=ts.max(where=ts <= ibis.literal(now))
+                ).execute()
+                firsts.append(row["first"].iloc[0])
+                lasts.append(row["last"].iloc[0])
+    finally:
+        con.disconnect()
+    first = [pd.Timestamp(v).date() for v in firsts if v is not None and not pd.isna(v)]
+    last = [pd.Timestamp(v).date() for v in lasts if v is not None and not pd.isna(v)]
+    return (min(first) if first else None), (max(last) if last else None)
+
+
+def resolve_plan(config: Config, paths: RunPaths) -> CutoffPlan:
+    """Return the cutoff plan, planned from the data's history.
+
+    The scoring cutoff is ``snapshots.as_of``, or the day after the last clean activity (today
+    for a table without dates). Cutoffs are spaced by the days a label reads: the horizon, plus
+    the grace gap for contract labels from subscriptions. Label mode ``column`` (a snapshot
+    table) has one cutoff and holds out customers instead.
+
+    Raises:
+        HistoryTooShortError: The history cannot hold a training and a validation cutoff (the
+            message says how many days there are and how many are needed).
     """
     snap = config.snapshots
+    first, last = activity_range(config, paths)
     as_of = snap.as_of
     if as_of is None:
-        con = connect_engine(config.engine)
-        t = con.read_parquet(paths.clean / "transactions.parquet")
-        last = t.timestamp.max().execute()
-        if last is None or pd.isna(last):
-            raise DataQualityError("table 'transactions': no clean rows, no cutoff can be set")
-        as_of = pd.Timestamp(last).date() + timedelta(days=1)
+        today = (config.cleaning.now or datetime.now(UTC).date()) + timedelta(days=1)
+        as_of = last + timedelta(days=1) if last is not None else today
+    if config.features.label == "column":
+        return snapshot_plan(as_of, snap.horizon_days)
+    if first is None:
+        raise HistoryTooShortError(
+            f"no dated activity in the clean tables {sorted(config.sources)}: label mode "
+            f"{config.features.label!r} needs dated rows (or use features.label: column)"
+        )
     has_subscriptions = (paths.clean / "subscriptions.parquet").exists()
     span = label_days(config.features, snap.horizon_days, has_subscriptions)
     return plan_cutoffs(
-        as_of, snap.horizon_days, snap.train_cutoffs, snap.cutoff_step_days, label_days=span
+        as_of,
+        snap.horizon_days,
+        snap.train_cutoffs,
+        snap.cutoff_step_days,
+        label_days=span,
+        data_start=first,
+        min_history_days=snap.min_history_days,
+        max_train_cutoffs=snap.max_train_cutoffs,
     )

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from datetime import date
 from pathlib import Path
 from typing import Any
 
+import ibis.expr.types as ir
 import mlflow
 import numpy as np
 import pandas as pd
@@ -14,14 +17,16 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from ibis.backends.duckdb import Backend as DuckDBBackend
 from mlflow import MlflowClient
+from numpy.typing import NDArray
 
 from churnseg.features.btyd import BTYD_FEATURES, SUMMARY, btyd_features
-from churnseg.features.build import build_features, resolve_levels
+from churnseg.features.build import resolve_levels
+from churnseg.features.cleaning import DataContractError
 from churnseg.features.snapshots import (
     SNAPSHOT,
     CutoffPlan,
     labelled_snapshot,
-    snapshot_literal,
+    scoring_snapshot,
     training_snapshots,
 )
 from churnseg.models.registry import (
@@ -34,7 +39,19 @@ from churnseg.pipelines.sources import (
     connect_engine,
     connect_feature_engine,
 )
+from churnseg.pipelines.stages.extract_clean import SEEN_FILE
 from churnseg.pipelines.stages.run_folder import CLEAN_ORDER, RunPaths
+
+
+def unified_schema(schemas: list[pa.Schema]) -> pa.Schema:
+    """Return one schema every snapshot file can be cast to: all fields nullable, types unified.
+
+    Engines mark columns NOT NULL when a snapshot happens to have no null in them (DuckDB does,
+    Spark never), and a column that is null throughout one snapshot may be typed differently;
+    files that differ only so are stacked under this schema.
+    """
+    nullable = [pa.schema([f.with_nullable(True) for f in schema]) for schema in schemas]
+    return pa.unify_schemas(nullable, promote_options="permissive")
 
 
 def _with_btyd(
@@ -42,42 +59,50 @@ def _with_btyd(
 ) -> dict[str, float]:
     """Write the ``staged`` snapshots and their BTYD predictions (fitted per snapshot) to one file.
 
-    ``target`` is ordered by snapshot and customer. When the ``staged`` files are, in that order,
-    with one schema (the feature build writes them so), their rows stream through with the
-    predictions appended, one batch at a time; otherwise embedded DuckDB sorts them first. The
-    fit reads only the per-customer summary columns into pandas.
+    ``target`` is ordered by snapshot and customer, under the snapshots' unified schema. When
+    the ``staged`` files are in that order (the feature build writes them so), their rows stream
+    through with the predictions appended, one batch at a time; otherwise embedded DuckDB sorts
+    them first. The fit reads only the per-customer summary columns into pandas. Without
+    transactions there is no BTYD summary: the snapshots are stacked as they are.
 
     Returns:
         The fitted parameters of the last snapshot (empty when it could not be fitted).
     """
+    schema = unified_schema([pq.read_schema(path) for path in staged])
+    has_summary = all(c in schema.names for c in SUMMARY)
+    columns = ["customer_id", SNAPSHOT, *(SUMMARY if has_summary else ())]
     keys = pa.concat_tables(
-        pq.read_table(path, columns=["customer_id", SNAPSHOT, *SUMMARY]) for path in staged
+        pq.read_table(path, columns=columns).cast(pa.schema([schema.field(c) for c in columns]))
+        for path in staged
     )
     # Engines write rows in any order; a fixed order makes the fit bit-identical across them.
     order = pc.sort_indices(keys, [(SNAPSHOT, "ascending"), ("customer_id", "ascending")])
     in_order = np.array_equal(order.to_numpy(), np.arange(keys.num_rows))
-    schemas = [pq.read_schema(path) for path in staged]
-    streamable = in_order and all(schema.equals(schemas[0]) for schema in schemas)
     if not in_order:
         keys = keys.take(order)
-    summary = keys.select(list(SUMMARY)).to_pandas()
-    snapshots = keys.column(SNAPSHOT).to_pandas()
-    predictions = pd.DataFrame(index=summary.index, columns=list(BTYD_FEATURES), dtype="float64")
     params: dict[str, float] = {}
-    for snapshot in sorted(snapshots.unique()):
-        rows = (snapshots == snapshot).to_numpy()
-        out, bgnbd, gamma = btyd_features(summary.loc[rows], horizon_days, period_days)
-        predictions.loc[rows] = out.to_numpy()
-        params = {f"btyd_{k}": v for k, v in bgnbd.params_.items()} if bgnbd else {}
-        params |= {f"gamma_gamma_{k}": v for k, v in gamma.params_.items()} if gamma else {}
-    extra = pa.Table.from_pandas(predictions, preserve_index=False)
-    if streamable:
-        _append_columns(staged, extra, target)
+    if has_summary:
+        summary = keys.select(list(SUMMARY)).to_pandas()
+        snapshots = keys.column(SNAPSHOT).to_pandas()
+        predictions = pd.DataFrame(
+            index=summary.index, columns=list(BTYD_FEATURES), dtype="float64"
+        )
+        for snapshot in sorted(snapshots.unique()):
+            rows = (snapshots == snapshot).to_numpy()
+            out, bgnbd, gamma = btyd_features(summary.loc[rows], horizon_days, period_days)
+            predictions.loc[rows] = out.to_numpy()
+            params = {f"btyd_{k}": v for k, v in bgnbd.params_.items()} if bgnbd else {}
+            params |= {f"gamma_gamma_{k}": v for k, v in gamma.params_.items()} if gamma else {}
+        extra = pa.Table.from_pandas(predictions, preserve_index=False)
+    else:
+        extra = pa.table({})
+    if in_order:
+        _append_columns(staged, schema, extra, target)
         return params
     ordered = target.with_name(target.name + ".sorted")
     base = con.read_parquet([str(path) for path in staged], union_by_name=True)
     con.to_parquet(base.order_by([SNAPSHOT, "customer_id"]), ordered)
-    _append_columns([ordered], extra, target)
+    _append_columns([ordered], schema, extra, target)
     ordered.unlink()
     return params
 
@@ -86,45 +111,64 @@ def _with_btyd(
 _APPEND_BATCH_ROWS = 122_880
 
 
-def _append_columns(sources: list[Path], extra: pa.Table, target: Path) -> None:
-    """Write the rows of ``sources`` (one schema), then ``extra``'s columns, to ``target``.
+def _append_columns(sources: list[Path], schema: pa.Schema, extra: pa.Table, target: Path) -> None:
+    """Write the rows of ``sources`` cast to ``schema``, then ``extra``'s columns, to ``target``.
 
-    ``extra`` has one row per source row, in order. One batch at a time: the wide table is
-    never in memory whole.
+    ``extra`` has one row per source row, in order (or no columns at all). One batch at a time:
+    the wide table is never in memory whole.
     """
     files = [pq.ParquetFile(source) for source in sources]
     rows = sum(file.metadata.num_rows for file in files)
-    if rows != extra.num_rows:
+    if extra.num_columns and rows != extra.num_rows:
         raise ValueError(f"{target.name}: {rows} rows to extend, {extra.num_rows} extra rows")
     # Nullable like every engine's output: DuckDB marks some staged columns NOT NULL, Spark none.
-    schema = pa.schema([f.with_nullable(True) for f in [*files[0].schema_arrow, *extra.schema]])
+    out_schema = pa.schema([*schema, *(f.with_nullable(True) for f in extra.schema)])
     offset = 0
-    with pq.ParquetWriter(target, schema) as writer:
+    with pq.ParquetWriter(target, out_schema) as writer:
         for file in files:
             for batch in file.iter_batches(batch_size=_APPEND_BATCH_ROWS):
+                base = [batch.column(f.name).cast(f.type) for f in schema]
                 more = extra.slice(offset, batch.num_rows)
-                columns = [*batch.columns, *(c.combine_chunks() for c in more.columns)]
-                writer.write_batch(pa.RecordBatch.from_arrays(columns, schema=schema))
+                columns = [*base, *(c.combine_chunks() for c in more.columns)]
+                writer.write_batch(pa.RecordBatch.from_arrays(columns, schema=out_schema))
                 offset += batch.num_rows
 
 
 # Exact channel and event-type lists as JSON (a level may hold a comma); read by score runs.
 LEVELS_PARAM = "feature_levels"
+# Every level list (channels, event types, attribute values) of a build: too long for a param.
+LEVELS_ARTIFACT = "feature_levels.json"
+LEVEL_KEYS = ("channels", "event_types", "attribute_levels")
+
+
+def _logged_levels(client: MlflowClient, run_id: str) -> dict[str, Any]:
+    """Return the level lists a training run logged (artifact, else the older params)."""
+    try:
+        return dict(mlflow.artifacts.load_dict(f"runs:/{run_id}/{LEVELS_ARTIFACT}"))
+    except Exception:  # a run from before the artifact: its params say channels and event types
+        params = client.get_run(run_id).data.params
+        if LEVELS_PARAM in params:
+            return dict(json.loads(params[LEVELS_PARAM]))
+        return {
+            key: [v for v in params[f"feature_{key}"].split(",") if v]
+            for key in ("channels", "event_types")
+            if f"feature_{key}" in params
+        }
 
 
 def champion_levels(config: Config) -> tuple[FeatureConfig, str]:
     """Return the feature settings to score with, and where their levels came from.
 
-    Channels and event types the config leaves open are the ones the champion churn model was
-    trained with (params logged on its training run), so a new frequent channel cannot change the
-    column set the model expects. Without a champion they stay open (resolved from data).
+    Channels, event types and attribute values the config leaves open are the ones the champion
+    churn model was trained with (logged with its training run), so a new frequent channel cannot
+    change the column set the model expects. Without a champion they stay open (resolved from data).
 
     Returns:
         ``config.features`` with the champion's levels filled in, and ``"data"``, ``"config"``
         or ``"champion <model> v<N>"``.
     """
     features = config.features
-    if features.channels is not None and features.event_types is not None:
+    if all(getattr(features, key) is not None for key in LEVEL_KEYS):
         return features, "config"
     name = config.mlflow.churn_model
     version = find_champion(name)
@@ -134,19 +178,9 @@ def champion_levels(config: Config) -> tuple[FeatureConfig, str]:
     run_id = client.get_model_version(name, str(version)).run_id
     if not run_id:
         return features, "data"
-    params = client.get_run(run_id).data.params
-    if LEVELS_PARAM in params:
-        levels: dict[str, Any] = json.loads(params[LEVELS_PARAM])
-    else:  # trained before the JSON param existed: the comma-joined ones
-        levels = {
-            key: [v for v in params[f"feature_{key}"].split(",") if v]
-            for key in ("channels", "event_types")
-            if f"feature_{key}" in params
-        }
+    levels = _logged_levels(client, run_id)
     update: dict[str, Any] = {
-        key: list(levels[key])
-        for key in ("channels", "event_types")
-        if getattr(features, key) is None and key in levels
+        key: levels[key] for key in LEVEL_KEYS if getattr(features, key) is None and key in levels
     }
     if not update:  # a champion logged from a run without a feature build
         return features, "data"
@@ -154,6 +188,40 @@ def champion_levels(config: Config) -> tuple[FeatureConfig, str]:
 
 
 FEATURE_TABLES = ("train", "validation", "scoring")
+# A fixed key: the same customer ids always give the same hold-out, run after run.
+_HOLDOUT_KEY = "churnseg-holdout"
+
+
+def holdout_mask(ids: pd.Series, share: float) -> NDArray[np.bool_]:
+    """Return which customers are held out: a stable hash of the id below ``share``.
+
+    The split depends only on each id (not on row order or the other ids), so a customer stays
+    on the same side across retrains and engines.
+    """
+    hashed = pd.util.hash_array(ids.astype("string").to_numpy(dtype=object), hash_key=_HOLDOUT_KEY)
+    return np.asarray((hashed % 10_000) < round(share * 10_000), dtype=bool)
+
+
+def hold_out_customers(labelled: Path, validation: Path, share: float) -> tuple[int, int]:
+    """Move a stable ``share`` of the customers of ``labelled`` into ``validation``.
+
+    For a snapshot without timestamps there is no later time to validate on, so a seeded share
+    of customers is held out instead (``snapshots.holdout_share``).
+
+    Returns:
+        Rows left in ``labelled`` and rows written to ``validation``.
+    """
+    table = pq.read_table(labelled)
+    held = pa.array(holdout_mask(table.column("customer_id").to_pandas(), share))
+    kept, out = table.filter(pc.invert(held)), table.filter(held)
+    if kept.num_rows == 0 or out.num_rows == 0:
+        raise DataContractError(
+            f"labelled customers: {table.num_rows} are too few to hold out a share of "
+            f"{share:.0%} for validation and keep the rest for training"
+        )
+    pq.write_table(kept, labelled)
+    pq.write_table(out, validation)
+    return kept.num_rows, out.num_rows
 
 
 def read_feature_table(path: Path, filters: Any = None) -> pd.DataFrame:
@@ -189,12 +257,13 @@ def feature_stage(
     """
     paths.features.mkdir(parents=True, exist_ok=True)
     if "train" in only:  # a new model: levels from the config or today's data
-        given = config.features.channels is not None and config.features.event_types is not None
+        given = all(getattr(config.features, key) is not None for key in LEVEL_KEYS)
         features, levels_from = config.features, "config" if given else "data"
     else:
         features, levels_from = champion_levels(config)
     counts = {}
     params: dict[str, float] = {}
+    skipped: list[str] = []
     with (
         connect_feature_engine(config.engine) as engine,
         # The BTYD join and the final files run on embedded DuckDB whatever the engine.
@@ -205,34 +274,66 @@ def feature_stage(
             for name in CLEAN_ORDER
             if (paths.clean / f"{name}.parquet").exists()
         }
+        seen_file = paths.clean / SEEN_FILE
+        seen = engine.read_parquet(seen_file) if seen_file.exists() else None
         settings = resolve_levels(tables, plan.scoring, features)
         h = plan.horizon_days
         # Snapshots, oldest first; each is one query, so a build holds one snapshot's state.
-        builders = {
-            "train": lambda: training_snapshots(tables, plan.training, settings, h),
-            "validation": lambda: [labelled_snapshot(tables, plan.validation, settings, h)],
-            "scoring": lambda: [
-                build_features(tables, plan.scoring, settings).mutate(
-                    **{SNAPSHOT: snapshot_literal(plan.scoring)}
+        builders: dict[str, Callable[[], list[tuple[date, ir.Table]]]] = {
+            "train": lambda: list(
+                zip(
+                    sorted(plan.training),
+                    training_snapshots(tables, plan.training, settings, h, seen),
+                    strict=True,
                 )
+            ),
+            "validation": lambda: [
+                (plan.validation, labelled_snapshot(tables, plan.validation, settings, h, seen))
+            ],
+            "scoring": lambda: [
+                (plan.scoring, scoring_snapshot(tables, plan.scoring, settings, h, seen))
             ],
         }
+        if plan.split == "customers":  # one labelled snapshot, split by customer below
+            builders.pop("validation")
         exprs = {name: build() for name, build in builders.items() if name in only}
         for name, snapshots in progress.track(exprs.items(), "building feature tables"):
             target = paths.features / f"{name}.parquet"
-            staged = [paths.features / f"{name}.staged{i}.parquet" for i in range(len(snapshots))]
-            for expr, path in zip(snapshots, staged, strict=True):
+            staged = []
+            for i, (cutoff, expr) in enumerate(snapshots):
+                path = paths.features / f"{name}.staged{i}.parquet"
                 # Sorted as the final file is, so the BTYD columns stream in without a join.
                 engine.write_parquet(expr.order_by("customer_id"), path)
+                if pq.ParquetFile(path).metadata.num_rows == 0:
+                    path.unlink()
+                    skipped.append(f"{name} snapshot {cutoff}: no customer at risk, left out")
+                    continue
+                staged.append(path)
+            if not staged:
+                raise DataContractError(
+                    f"feature table {name!r}: no customer is known and at risk at "
+                    f"{', '.join(str(c) for c, _ in snapshots)} (label mode "
+                    f"{settings.label!r}); check snapshots.as_of and the label settings"
+                )
             params = _with_btyd(local.con, staged, target, h, settings.btyd_period_days)
             for path in staged:
                 path.unlink()
             counts[name] = int(pq.ParquetFile(target).metadata.num_rows)
+        if plan.split == "customers" and "train" in counts:
+            counts["train"], counts["validation"] = hold_out_customers(
+                paths.features / "train.parquet",
+                paths.features / "validation.parquet",
+                config.snapshots.holdout_share,
+            )
+    notes = [*plan.notes, *skipped]
+    if notes:
+        mlflow.log_dict({"notes": notes}, "cutoff_plan_notes.json")
     mlflow.log_params(
         {
             "cutoff_scoring": plan.scoring.isoformat(),
             "cutoff_validation": plan.validation.isoformat(),
             "cutoffs_training": ",".join(d.isoformat() for d in plan.training),
+            "cutoff_split": plan.split,
             "horizon_days": h,
             "label_mode": settings.label,
             "feature_channels": ",".join(settings.channels or []),
@@ -244,6 +345,7 @@ def feature_stage(
             "feature_engine": config.engine.backend,
         }
     )
+    mlflow.log_dict({key: getattr(settings, key) for key in LEVEL_KEYS}, LEVELS_ARTIFACT)
     mlflow.log_metrics({f"rows_features_{n}": c for n, c in counts.items()})
     # The scoring snapshot's fit: the parameters the published BTYD features come from.
     mlflow.log_metrics(params)

@@ -33,6 +33,7 @@ from churnseg.models.classification import (
     lifecycle_stages,
     risk_thresholds,
     tier_thresholds,
+    value_column,
 )
 from churnseg.models.registry import (
     champion_version,
@@ -41,7 +42,11 @@ from churnseg.models.registry import (
 from churnseg.pipelines import progress
 from churnseg.pipelines.config import Config
 from churnseg.pipelines.sinks.schema import CUSTOMER_SCORES, conform_batch
-from churnseg.pipelines.stages.churn_training import EXPLAIN_ARTIFACT
+from churnseg.pipelines.stages.churn_training import (
+    EXPLAIN_ARTIFACT,
+    at_risk_mask,
+    population_recency_limit,
+)
 from churnseg.pipelines.stages.segmenting import segment_names
 
 
@@ -62,7 +67,8 @@ class ScoringContext:
     run_id: str
     scored_at: datetime
     horizon_days: int
-    value_column: str
+    value_column: str | None
+    max_recency_days: int | None
     tiers: TierThresholds
     risk: RiskThresholds
     risk_rank_by: str
@@ -80,19 +86,32 @@ class ScoringContext:
 
 
 def expected_value(frame: pd.DataFrame, horizon_days: int) -> NDArray[np.float64]:
-    """Return each customer's expected spend over the horizon.
+    """Return each customer's expected revenue over the horizon (NaN where none can be said).
 
-    BG/NBD expected purchases x Gamma-Gamma expected spend (``btyd_expected_value``) where the
-    features have it (0 for customers the models cannot describe); otherwise the last year's
-    spend pro rata.
+    Purchases: BG/NBD expected purchases x Gamma-Gamma expected spend
+    (``btyd_expected_value``); where those models could not describe a buyer (too little
+    history to fit), the last year's spend pro rata. Subscriptions: the recurring revenue of
+    the active ones (per month) over the horizon, added. A table with neither (a customers-only
+    snapshot) has no value: NaN, published as null.
     """
-    if "btyd_expected_value" in frame:
-        value = frame["btyd_expected_value"].astype("float64").fillna(0.0)
-    elif "spend_365d" in frame:
-        value = frame["spend_365d"].astype("float64").fillna(0.0) * horizon_days / 365.0
-    else:
-        value = pd.Series(0.0, index=frame.index)
-    return np.asarray(value.clip(lower=0.0), dtype=np.float64)
+    value = np.zeros(len(frame), dtype=np.float64)
+    known = False
+    pro_rata = horizon_days / 365.0
+    if "spend_365d" in frame:
+        spend = frame["spend_365d"].astype("float64").fillna(0.0).to_numpy() * pro_rata
+        if "btyd_expected_value" in frame:
+            btyd = frame["btyd_expected_value"].astype("float64").to_numpy()
+            bought = frame["frequency"].to_numpy() > 0 if "frequency" in frame else True
+            spend = np.where(np.isnan(btyd), np.where(bought, spend, 0.0), btyd)
+        value += spend
+        known = True
+    if "sub_recurring_revenue" in frame:
+        monthly = frame["sub_recurring_revenue"].astype("float64").fillna(0.0).to_numpy()
+        value += monthly * horizon_days / 30.0
+        known = True
+    if not known:
+        return np.full(len(frame), np.nan, dtype=np.float64)
+    return np.asarray(np.clip(value, 0.0, None), dtype=np.float64)
 
 
 def _risk_ranking(
@@ -161,6 +180,8 @@ def scoring_context(
     values, rankings = [], []
     batch_scores: dict[int, tuple[NDArray[np.float64], NDArray[np.float64]]] = {}
     features = pq.ParquetFile(features_path)
+    value_col = value_column(cls.value_column, features.schema_arrow.names)
+    max_recency = population_recency_limit(config)
     chunk = config.publish.chunk_rows
     batches = features.iter_batches(batch_size=chunk)
     n_batches = -(-features.metadata.num_rows // chunk)
@@ -172,15 +193,20 @@ def scoring_context(
         if keep_scores:
             batch_scores[first_row] = (proba, score)
         first_row += len(frame)
-        values.append(frame[cls.value_column].astype("float64").fillna(0.0).to_numpy())
-        value = expected_value(frame, horizon)
+        if value_col is not None:
+            values.append(frame[value_col].astype("float64").fillna(0.0).to_numpy())
+        value = np.nan_to_num(expected_value(frame, horizon))
         ranking = _risk_ranking(explainer, frame, proba, value, rank_by, score=score)
-        rankings.append(ranking.to_numpy())
+        # Bands rank the customers who can still churn; the others take no slot.
+        rankings.append(ranking.to_numpy()[at_risk_mask(frame, max_recency)])
     all_values = pd.Series(np.concatenate(values) if values else np.array([], dtype=float))
     all_ranks = pd.Series(np.concatenate(rankings) if rankings else np.array([], dtype=float))
     tiers = tier_thresholds(all_values, cls.tier_cuts)
     risk = risk_thresholds(all_ranks, rule)
     reference, reason_features = _explanations(churn_name, churn_version)
+    # A promoted baseline reads a few columns: explain only the ones the model uses.
+    inputs = set(getattr(explainer, "feature_names_in_", reason_features))
+    reason_features = tuple(f for f in reason_features if f in inputs)
     mlflow.log_params(
         {
             "tier_a_min_value": round(tiers.a_min, 4),
@@ -198,7 +224,8 @@ def scoring_context(
         run_id=run_id,
         scored_at=datetime.now(UTC).replace(microsecond=0),
         horizon_days=horizon,
-        value_column=cls.value_column,
+        value_column=value_col,
+        max_recency_days=max_recency,
         tiers=tiers,
         risk=risk,
         risk_rank_by=rank_by,
@@ -245,21 +272,26 @@ def score_batch(
     else:
         proba, score = churn_model.churn_scores(context.classifier, frame)
     value = expected_value(frame, context.horizon_days)
+    at_risk = at_risk_mask(frame, context.max_recency_days)
     names = context.segment_names
+    if context.value_column is not None:
+        tier_values = frame[context.value_column].astype("float64").fillna(0.0)
+        tiers = assign_tiers(tier_values, context.tiers).to_numpy().astype(object)
+    else:  # nothing to cut tiers on (a snapshot without money): null, not a made-up tier
+        tiers = np.full(len(frame), None, dtype=object)
     classes = pd.DataFrame(
         {
             "segment_name": [names.get(int(s), f"Segment {s}") for s in segments],
-            "value_tier": assign_tiers(
-                frame[context.value_column].astype("float64").fillna(0.0), context.tiers
-            ).to_numpy(),
-            "lifecycle_stage": lifecycle_stages(frame, context.lifecycle).to_numpy(),
+            "value_tier": tiers,
+            "lifecycle_stage": lifecycle_stages(frame, context.lifecycle, at_risk).to_numpy(),
         },
         index=frame.index,
     )
     classes, _ = apply_overrides(classes, frame, context.overrides)
     ranking = _risk_ranking(
-        context.explainer, frame, proba, value, context.risk_rank_by, score=score
+        context.explainer, frame, proba, np.nan_to_num(value), context.risk_rank_by, score=score
     )
+    why = np.full(len(frame), None, dtype=object)
     if context.reason_features:
         contributions = reasons.attributions(
             context.explainer, frame, context.reason_features, context.reference, base=score
@@ -267,8 +299,8 @@ def score_batch(
         why = reasons.top_reasons(
             contributions, frame, context.reference, context.reasons_top_k
         ).to_numpy()
-    else:
-        why = np.full(len(frame), None, dtype=object)
+    if not at_risk.all():
+        why = np.where(at_risk, why, reasons.churned_reasons(frame).to_numpy())
     return pd.DataFrame(
         {
             "customer_id": frame["customer_id"].to_numpy(),
@@ -278,7 +310,7 @@ def score_batch(
             "value_tier": classes["value_tier"].to_numpy(),
             "lifecycle_stage": classes["lifecycle_stage"].to_numpy(),
             "churn_probability": proba.astype("float64"),
-            "risk_band": assign_risk_bands(ranking, context.risk).to_numpy(),
+            "risk_band": assign_risk_bands(ranking, context.risk, at_risk).to_numpy(),
             "top_reasons": why,
             "expected_value": value,
             "value_at_risk": value * proba,

@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 
 import mlflow
 import pandas as pd
-from mlflow import MlflowClient
 from sklearn.pipeline import Pipeline
 
 from churnseg.features.snapshots import (
@@ -18,8 +17,9 @@ from churnseg.models.plots import k_selection_figure
 from churnseg.models.registry import (
     find_champion,
     load_version,
-    log_and_register,
+    log_model,
     promote,
+    register,
     version_tags,
 )
 from churnseg.pipelines import progress
@@ -28,13 +28,15 @@ from churnseg.pipelines.stages.feature_tables import read_feature_table
 from churnseg.pipelines.stages.run_folder import RunPaths
 
 SEGMENT_NAMES_TAG = "segment_names"
+# The logged (not yet registered) segmentation model of a run folder and its segment names.
+SEGMENTATION_FILE = "segmentation.json"
 
 
 @dataclass(frozen=True)
 class SegmentationOutcome:
     """What the segmentation stage registered, and how ids relate to the previous champion."""
 
-    version: int
+    version: int | None  # None until registered (``register_segmentation``)
     k: int
     names: dict[int, str]
     kept: list[int] = field(default_factory=list)
@@ -52,11 +54,22 @@ def segment_names(model_name: str, version: int) -> dict[int, str]:
     return {int(k): v for k, v in json.loads(tags.get(SEGMENT_NAMES_TAG, "{}")).items()}
 
 
-def segmentation_pipeline_from_config(config: Config) -> Pipeline:
-    """Return the unfitted segmentation pipeline that ``config.segmentation`` describes."""
+def segmentation_inputs(config: Config, frame: pd.DataFrame) -> list[str]:
+    """Return the clustering inputs: ``segmentation.features``, or the default for ``frame``."""
+    features = config.segmentation.features
+    if features == "auto":
+        return seg_model.default_inputs(frame, config.classification.trend_window_days)
+    return list(features)
+
+
+def segmentation_pipeline_from_config(config: Config, features: list[str]) -> Pipeline:
+    """Return the unfitted segmentation pipeline of ``config.segmentation`` over ``features``.
+
+    ``features`` are the clustering inputs (``segmentation_inputs``).
+    """
     s = config.segmentation
     return seg_model.segmentation_pipeline(
-        features=s.features,
+        features=features,
         scaler=s.scaler,
         pca_components=s.pca_components,
         k_min=s.k_min,
@@ -79,9 +92,10 @@ def segmentation_stage(config: Config, paths: RunPaths, run_id: str = "") -> Seg
     s = config.segmentation
     model_name = config.mlflow.segmentation_model
     frame = read_feature_table(paths.features / "scoring.parquet")
+    inputs = segmentation_inputs(config, frame)
     candidates = max(min(s.k_max, len(frame) - 1) - s.k_min + 1, 0)
     with progress.stage("segmentation: trying k", candidates) as step:
-        pipeline = segmentation_pipeline_from_config(config).fit(
+        pipeline = segmentation_pipeline_from_config(config, inputs).fit(
             frame, kmeans__on_k=lambda _k: step.advance()
         )
     km = pipeline[-1]
@@ -94,10 +108,10 @@ def segmentation_stage(config: Config, paths: RunPaths, run_id: str = "") -> Seg
         old_names = segment_names(model_name, previous)
         keep = {sid: old_names[sid] for sid in match.kept if sid in old_names}
     segments = pipeline.predict(frame)
-    columns = list(dict.fromkeys([*s.features, *PROFILE_COLUMNS]))
+    columns = list(dict.fromkeys([*inputs, *(c for c in PROFILE_COLUMNS if c in frame)]))
     profiles = seg_model.segment_profiles(frame, segments, columns)
     rules = [seg_model.NamingRule(r.name, r.min_rank, r.max_rank) for r in s.naming]
-    names = seg_model.name_segments(profiles, s.features, rules, keep=keep)
+    names = seg_model.name_segments(profiles, inputs, rules, keep=keep)
     profiles.insert(1, "segment_name", profiles.segment_id.map(names))
 
     validation = read_feature_table(paths.features / "validation.parquet")
@@ -110,7 +124,7 @@ def segmentation_stage(config: Config, paths: RunPaths, run_id: str = "") -> Seg
     migration = seg_model.migration_table(before, after, names)
 
     k_scores = pd.DataFrame(km.scores_)
-    mlflow.log_params({"segmentation_k": km.k_, "segmentation_features": ",".join(s.features)})
+    mlflow.log_params({"segmentation_k": km.k_, "segmentation_features": ",".join(inputs)})
     mlflow.log_metric("segmentation_silhouette", float(k_scores.set_index("k").silhouette[km.k_]))
     mlflow.log_table(k_scores, "segmentation/k_scores.json")
     mlflow.log_figure(k_selection_figure(km.scores_, km.k_), "segmentation/k_selection.png")
@@ -121,13 +135,14 @@ def segmentation_stage(config: Config, paths: RunPaths, run_id: str = "") -> Seg
             {"kept": match.kept, "new": match.new, "vanished": match.vanished},
             "segmentation/identity.json",
         )
-    version = log_and_register(
+    # Logged, not registered: the churn stage registers both models once it has succeeded, so
+    # a retrain that fails on the way registers nothing.
+    model_uri = log_model(
         pipeline, model_name, frame.head(100), seg_model.SKOPS_TYPES, segments[:100]
     )
-    MlflowClient().set_model_version_tag(
-        model_name, str(version), SEGMENT_NAMES_TAG, json.dumps(names)
+    (paths.root / SEGMENTATION_FILE).write_text(
+        json.dumps({"model_uri": model_uri, "names": names}, indent=2)
     )
-    promote(model_name, version, "segmentation follows every retrain; ids and names are matched")
 
     snapshot = str(frame[SNAPSHOT].iloc[0]) if len(frame) else ""
     profile_json = profiles[columns].apply(lambda r: json.dumps(r.to_dict()), axis=1)
@@ -141,16 +156,50 @@ def segmentation_stage(config: Config, paths: RunPaths, run_id: str = "") -> Seg
             "revenue_share": profiles["revenue_share"],
             "churn_rate": profiles["churn_rate"],
             "profile": profile_json,
-            "segmentation_model_version": version,
+            # Filled in when the model is registered (``register_segmentation``).
+            "segmentation_model_version": pd.array([pd.NA] * len(profiles), dtype="Int64"),
             "run_id": run_id,
         }
     ).to_parquet(paths.root / "segment_profiles.parquet", index=False)
     migration.to_parquet(paths.root / "segment_migration.parquet", index=False)
     return SegmentationOutcome(
-        version=version,
+        version=None,
         k=int(km.k_),
         names=names,
         kept=sorted(match.kept) if match else [],
         new=match.new if match else [],
         vanished=match.vanished if match else [],
     )
+
+
+def trained_segmentation(paths: RunPaths) -> tuple[str, dict[int, str]] | None:
+    """Return the model URI and segment names the run's segmentation stage logged, if any."""
+    path = paths.root / SEGMENTATION_FILE
+    if not path.exists():
+        return None
+    logged = json.loads(path.read_text())
+    return str(logged["model_uri"]), {int(k): v for k, v in logged["names"].items()}
+
+
+def register_segmentation(config: Config, paths: RunPaths) -> int:
+    """Register the run's logged segmentation model with its names and make it champion.
+
+    Segmentation follows every retrain (ids and names are matched to the previous champion),
+    so it is promoted without a gate; the published profiles get the version.
+
+    Raises:
+        FileNotFoundError: The segmentation stage has not run in this folder.
+    """
+    trained = trained_segmentation(paths)
+    if trained is None:
+        raise FileNotFoundError(f"{paths.root / SEGMENTATION_FILE}: run the segmentation stage")
+    model_uri, names = trained
+    name = config.mlflow.segmentation_model
+    version = register(model_uri, name, {SEGMENT_NAMES_TAG: json.dumps(names)})
+    promote(name, version, "segmentation follows every retrain; ids and names are matched")
+    profiles_file = paths.root / "segment_profiles.parquet"
+    if profiles_file.exists():
+        profiles = pd.read_parquet(profiles_file)
+        profiles["segmentation_model_version"] = version
+        profiles.to_parquet(profiles_file, index=False)
+    return version
