@@ -25,6 +25,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         f"state_dir: {state}\n"
         "sample: {customers: 8000, seed: 21, dirty_fraction: 0.0}\n"
         "segmentation: {k_min: 3, k_max: 7, n_init: 2}\n"
+        "snapshots: {max_train_cutoffs: 4}\n"
     )
     config: Config = load_config(path, environ={})
     stages.configure_mlflow(config)

@@ -44,6 +44,7 @@ sources:
   customers: {{path: "{{state_dir}}/sample/customers.parquet"}}
   transactions: {{path: "{{state_dir}}/sample/transactions.parquet"}}
 segmentation: {{k_min: 2, k_max: 4, n_init: 2}}
+snapshots: {{max_train_cutoffs: 3}}
 {extra}
 """
     )

@@ -25,7 +25,10 @@ from churnseg.pipelines.sample import SampleSpec, generate_sample
 pytestmark = pytest.mark.slow
 
 # Fast settings: the shapes are the point here, not the model search.
-FAST = "segmentation: {k_min: 2, k_max: 4, n_init: 2}\nchurn: {candidates: [logreg]}\n"
+FAST = (
+    "segmentation: {k_min: 2, k_max: 4, n_init: 2}\nchurn: {candidates: [logreg]}\n"
+    "snapshots: {max_train_cutoffs: 3}\n"
+)
 
 
 @pytest.fixture(scope="module")

@@ -34,6 +34,7 @@ sources:
 {tables}
 segmentation: {{k_min: 2, k_max: 4, n_init: 2}}
 churn: {{candidates: [logreg]}}
+snapshots: {{max_train_cutoffs: 3}}
 """
     )
     return path

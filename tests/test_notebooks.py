@@ -46,6 +46,7 @@ def state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     env = {
         "CHURNSEG_STATE_DIR": str(root / "state"),
         "CHURNSEG_NOTEBOOK_CUSTOMERS": "1200",
+        "CHURNSEG__SNAPSHOTS__MAX_TRAIN_CUTOFFS": "3",
         "CHURNSEG_NOTEBOOK_RUN": RUN_KEY,
         "JUPYTER_DATA_DIR": str(root / "jupyter"),
         "MPLBACKEND": "Agg",

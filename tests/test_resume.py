@@ -36,6 +36,7 @@ sources:
   transactions: {{path: "{sample}/transactions.parquet"}}
 segmentation: {{k_min: 2, k_max: 4, n_init: 2}}
 churn: {{candidates: [logreg]}}
+snapshots: {{max_train_cutoffs: 3}}
 {extra}"""
     )
     return path
