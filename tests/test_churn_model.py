@@ -68,8 +68,22 @@ def test_retraining_the_same_data_is_not_promoted(trained: dict[str, Any]) -> No
     with mlflow.start_run():
         again = stages.churn_stage(config, paths)
     assert not again.promoted, "an equal challenger must not replace the champion"
-    events = [e["event"] for e in promotion_history(config.mlflow.churn_model)]
-    assert events == ["promoted", "rejected"]
+    history = promotion_history(config.mlflow.churn_model)
+    assert [e["event"] for e in history] == ["promoted", "rejected"]
+    # The gate's figures, on the same rows, are kept with each decision.
+    gate = history[-1]["gate"]
+    assert {"challenger", "recency", "logistic_rfm", "champion v1"} <= set(gate), gate
+    assert all(0.5 < v < 1 for v in gate.values()), gate
+
+
+def test_the_scored_model_learns_from_the_newest_labels(trained: dict[str, Any]) -> None:
+    m = trained["metrics"]
+    assert m["backtest_refit_folds"] >= 2
+    # On the generator's data the newest cutoff helps, or at least does not hurt.
+    assert m["backtest_refit_gain"] > -0.005, m["backtest_refit_gain"]
+    run = mlflow.get_run(trained["run_id"])
+    assert run.data.params["churn_refit_on_latest"] == "True"
+    assert run.data.params["churn_calibration_chosen"] in ("sigmoid", "isotonic", "none")
 
 
 def test_reasons_and_reference_are_logged(trained: dict[str, Any]) -> None:

@@ -285,7 +285,7 @@ def test_fit_calibrated_calibrates_on_a_sample_of_the_last_cutoff_when_asked() -
         model = churn_model.fit_calibrated(
             frame, spec, "hgb", params, "isotonic", 0, calibration_rows=calibration_rows
         )
-        calibrator = model.calibrated_classifiers_[0].calibrators[0]
+        calibrator = model.calibrator_
         return tuple(calibrator.X_thresholds_) + tuple(calibrator.y_thresholds_)
 
     every = isotonic(None)

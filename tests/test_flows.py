@@ -59,6 +59,12 @@ def test_retrain_publishes_one_row_per_clean_customer(
     assert len(out) == retrained["rows_published"]
     assert sorted(out.customer_id) == sorted(clean_customers.customer_id)
     assert out.churn_probability.between(0, 1).all()
+    assert ((out.churn_probability > 0) & (out.churn_probability < 1)).all(), "never 0 or 1"
+    # Bands follow the published probability: a higher one is never in a lower band.
+    rank = out.risk_band.map({"low": 0, "medium": 1, "high": 2})
+    scored = out[rank.notna()].assign(rank=rank).sort_values("churn_probability")
+    assert scored["rank"].is_monotonic_increasing
+    assert scored.churn_probability.nunique() == len(scored), "no tied blocks"
     assert out.snapshot_date.nunique() == 1 and out.snapshot_date[0] == retrained["snapshot"]
     assert set(out.segment_id) == set(range(retrained["k"]))
 
@@ -67,7 +73,7 @@ def test_retrain_registers_both_champions(retrained: dict[str, Any], flow_config
     client = MlflowClient(tracking_uri=f"sqlite:///{flow_config.parent}/mlflow.db")
     for name, key in [
         ("churnseg-segmentation", "segmentation_version"),
-        ("churnseg-churn", "churn_version"),
+        ("churnseg-churn", "churn_champion_version"),
     ]:
         version = client.get_model_version_by_alias(name, "champion")
         assert int(version.version) == retrained[key], name

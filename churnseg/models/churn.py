@@ -29,6 +29,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, OrdinalEncoder, StandardScaler
 
+from churnseg.models.calibration import CalibratedChurnModel, decision_values
 from churnseg.models.evaluation import ranking_metrics
 from churnseg.models.transforms import (
     SKOPS_TRUSTED_TYPES,
@@ -43,6 +44,7 @@ ID = "customer_id"
 NON_FEATURES = (ID, SNAPSHOT, LABEL)
 SKOPS_TYPES = [
     *SKOPS_TRUSTED_TYPES,
+    "churnseg.models.calibration.CalibratedChurnModel",
     "sklearn.calibration._CalibratedClassifier",
     "sklearn.calibration._SigmoidCalibration",
     "sklearn.frozen._frozen.FrozenEstimator",
@@ -390,40 +392,94 @@ def fit_calibrated(
     sample_rows: int | None = None,
     calibration_rows: int | None = None,
     label_days: int = 0,
-) -> CalibratedClassifierCV:
-    """Fit the candidate on the earlier training cutoffs; calibrate on the last one.
+    latest: pd.DataFrame | None = None,
+) -> CalibratedChurnModel:
+    """Fit the candidate on earlier cutoffs and its calibrator on held-out later rows.
 
-    The split is ``held_out_rows``'s (fitting cutoffs whose labels matured by the last one; one
-    cutoff: a held-out share of its customers).
+    Without ``latest`` (the model that is judged): the split is ``held_out_rows``'s, fitting on
+    the cutoffs whose labels matured by the last training cutoff (one cutoff: a held-out share of
+    its customers) and calibrating on the last one. With ``latest`` (the refit, the model that is
+    scored): the candidate fits on every training row and its calibrator on ``latest``, the
+    freshest matured labels (the validation cutoff).
 
     Args:
         train: Stacked training snapshots with labels.
         spec: Model inputs.
         name: Candidate (``logreg`` or ``hgb``).
         params: Its parameters (from the search).
-        method: ``isotonic`` or ``sigmoid``.
+        method: ``auto`` (chosen by cross-fitted log loss), ``isotonic``, ``sigmoid`` or
+            ``none`` (see ``calibration``).
         random_state: Seed of the model and of the sample.
-        sample_rows: Fit on a seeded sample of this many rows of the earlier cutoffs (default:
-            all of them).
-        calibration_rows: Calibrate on a seeded sample of this many rows of the last cutoff
-            (default: all of them). Predicting them is the calibration's cost; an isotonic
-            fit on 200k rows is as smooth as on the 600k of a million customers.
+        sample_rows: Fit on a seeded sample of this many rows (default: all of them).
+        calibration_rows: Calibrate on a seeded sample of this many held-out rows (default:
+            all of them). Predicting them is the calibration's cost; an isotonic fit on 200k
+            rows is as smooth as on the 600k of a million customers.
         label_days: Days a label reads after its cutoff (see ``held_out_rows``).
+        latest: Rows of a later cutoff to calibrate on, the candidate fitting on all of
+            ``train`` (the refit on the newest labels).
     """
+    if latest is not None:
+        return _refit_on_latest(
+            train, latest, spec, name, params, method, random_state, sample_rows, calibration_rows
+        )
     fit_mask, test_mask, _ = held_out_rows(train, label_days, random_state)
     early = _sample_rows(train, fit_mask, sample_rows, random_state)
     last = _sample_rows(train, test_mask, calibration_rows, random_state + 2)
     base = candidate_pipeline(name, spec, params, random_state)
     base.fit(early[spec.columns], early[LABEL])
     del early  # the fit keeps no reference; free it before the calibration copies
-    calibrated = CalibratedClassifierCV(FrozenEstimator(base), method=method)
-    calibrated.fit(last[spec.columns], last[LABEL])
-    return calibrated
+    calibrated = CalibratedChurnModel(base, method, random_state)
+    return calibrated.fit(last[spec.columns], last[LABEL])
+
+
+# Folds of the refit's out-of-fold calibration (each fits the candidate once more).
+REFIT_FOLDS = 2
+
+
+def _refit_on_latest(
+    train: pd.DataFrame,
+    latest: pd.DataFrame,
+    spec: FeatureSpec,
+    name: str,
+    params: dict[str, Any],
+    method: str,
+    random_state: int,
+    sample_rows: int | None,
+    calibration_rows: int | None,
+) -> CalibratedChurnModel:
+    """Fit the candidate on ``train`` and ``latest`` together; calibrate out of fold.
+
+    The newest matured labels (``latest``, the validation cutoff) are learnt from as well as
+    calibrated on: ``latest``'s customers are split in ``REFIT_FOLDS`` seeded folds, each fold's
+    decision values come from the candidate fitted without that fold, and the calibrator is
+    fitted on those out-of-fold values; the model kept is the candidate fitted on everything.
+    """
+    share = len(train) / max(len(train) + len(latest), 1)
+    rows = None if sample_rows is None else round(sample_rows * share)
+    old = _sample_rows(train, np.ones(len(train), dtype=bool), rows, random_state)
+    rows = None if sample_rows is None else sample_rows - len(old)
+    new = _sample_rows(latest, np.ones(len(latest), dtype=bool), rows, random_state + 1)
+    fold = np.random.default_rng(random_state + 3).integers(0, REFIT_FOLDS, len(new))
+    cal = _sample_rows(new, np.ones(len(new), dtype=bool), calibration_rows, random_state + 2)
+    cal_fold = fold[new.index.get_indexer(cal.index)] if new.index.is_unique else fold[: len(cal)]
+    decisions = np.empty(len(cal), dtype=np.float64)
+    for k in range(REFIT_FOLDS):
+        part = pd.concat([old, new[fold != k]])
+        model = candidate_pipeline(name, spec, params, random_state)
+        model.fit(part[spec.columns], part[LABEL])
+        held = cal_fold == k
+        decisions[held] = decision_values(model, cal.loc[held, spec.columns])
+    every = pd.concat([old, new])
+    base = candidate_pipeline(name, spec, params, random_state)
+    base.fit(every[spec.columns], every[LABEL])
+    return CalibratedChurnModel(base, method, random_state).fit_decisions(decisions, cal[LABEL])
 
 
 def ranking_model(model: Any) -> Any:
     """Return the uncalibrated pipeline inside a calibrated model (or the model itself)."""
-    if isinstance(model, CalibratedClassifierCV):
+    if isinstance(model, CalibratedChurnModel):
+        return model.ranking
+    if isinstance(model, CalibratedClassifierCV):  # champions registered before 2026-12
         inner = model.calibrated_classifiers_[0].estimator
         return inner.estimator if isinstance(inner, FrozenEstimator) else inner
     return model
@@ -472,6 +528,7 @@ def backtest(
     later: pd.DataFrame | None = None,
     search: SearchResult | None = None,
     label_days: int = 0,
+    compare_newest: bool = False,
 ) -> pd.DataFrame:
     """Return ranking metrics per rolling-origin fold (fit on cutoffs before c, score on c).
 
@@ -490,6 +547,8 @@ def backtest(
             predictions are the fold at the last cutoff of ``frame`` (not fitted again).
         label_days: Days a label reads after its cutoff: a fold fits only on cutoffs whose
             label window ended by its cutoff (folds without such cutoffs are left out).
+        compare_newest: Also fit each fold without its newest matured cutoff
+            (``roc_auc_without_newest``): what learning from the newest labels gains.
     """
     tests = [(c, frame) for c in np.unique(frame[SNAPSHOT].to_numpy())[1:]]
     if later is not None:
@@ -505,16 +564,40 @@ def backtest(
             model = candidate_pipeline(name, spec, params, random_state)
             model.fit(past[spec.columns], past[LABEL])
             proba = model.predict_proba(test[spec.columns])[:, 1]
-        folds.append(
-            {
-                "cutoff": str(pd.Timestamp(cutoff).date()),
-                "train_rows": len(past),
-                "test_rows": len(test),
-                "churn_rate": float(test[LABEL].mean()),
-                **ranking_metrics(test[LABEL], proba, capacity),
-            }
-        )
+        fold = {
+            "cutoff": str(pd.Timestamp(cutoff).date()),
+            "train_rows": len(past),
+            "test_rows": len(test),
+            "churn_rate": float(test[LABEL].mean()),
+            **ranking_metrics(test[LABEL], proba, capacity),
+        }
+        if compare_newest:
+            fold |= _without_newest(past, test, spec, name, params, random_state)
+        folds.append(fold)
     return pd.DataFrame(folds)
+
+
+def _without_newest(
+    past: pd.DataFrame,
+    test: pd.DataFrame,
+    spec: FeatureSpec,
+    name: str,
+    params: dict[str, Any],
+    random_state: int,
+) -> dict[str, float]:
+    """Return the fold's ROC AUC when its newest matured cutoff is left out of the fit.
+
+    That is the model scoring would use without ``refit_on_latest``: the newest labels are
+    only held out (for calibration and judging), never learnt from. NaN with one cutoff.
+    """
+    days = _cutoff_days(past[SNAPSHOT])
+    older = days < days.max()
+    if not older.any():
+        return {"roc_auc_without_newest": float("nan")}
+    model = candidate_pipeline(name, spec, params, random_state)
+    model.fit(past.loc[older, spec.columns], past.loc[older, LABEL])
+    proba = model.predict_proba(test[spec.columns])[:, 1]
+    return {"roc_auc_without_newest": ranking_metrics(test[LABEL], proba, 0.1)["roc_auc"]}
 
 
 def churn_scores(
@@ -531,6 +614,13 @@ def churn_scores(
     if ranking is model:
         proba = churn_probability(model, frame)
         return proba, proba
+    if isinstance(model, CalibratedChurnModel):
+        inputs = _inputs(model, frame)
+        decision = np.empty(len(inputs), dtype=np.float64)
+        for start in range(0, len(inputs), PREDICT_ROWS):
+            rows = inputs.iloc[start : start + PREDICT_ROWS]
+            decision[start : start + len(rows)] = decision_values(ranking, rows)
+        return model.calibrate(decision), np.asarray(expit(decision), dtype=np.float64)
     calibrated = getattr(model, "calibrated_classifiers_", [])
     one_calibrator = len(calibrated) == 1 and len(calibrated[0].calibrators) == 1
     if not (one_calibrator and hasattr(ranking, "decision_function")):

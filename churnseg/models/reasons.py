@@ -13,10 +13,8 @@ monotone, so it does not change the direction or order of reasons.
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from functools import lru_cache, partial
 from typing import Any
 
 import numpy as np
@@ -27,6 +25,8 @@ from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.pipeline import Pipeline
 from sklearn.utils._openmp_helpers import _openmp_effective_n_threads
+
+from churnseg.models.wording import churned_reasons, describe, top_reasons
 
 _EPS = 1e-6
 
@@ -320,214 +320,11 @@ def _inner_columns(estimator: Any, n_inputs: int) -> NDArray[np.intp]:
     return inner
 
 
-Phrase = Callable[[float, float, Mapping[str, Any]], str]
-
-
-def _days(v: float, ref: float, row: Mapping[str, Any]) -> str:
-    gap = row.get("gap_mean_days")
-    text = f"no purchase for {v:.0f} days"
-    if gap is not None and np.isfinite(gap) and gap > 0:
-        text += f", {v / gap:.1f}x their usual gap"
-    return text
-
-
-def _things(kind: str, count: float) -> str:
-    words = kind.replace("_", " ")
-    return words if round(count) == 1 else f"{words}s"
-
-
-# (pattern, phrase) pairs, first match wins; the match's groups name windows and event types.
-TEMPLATES: list[tuple[str, Callable[[re.Match[str], float, float, Mapping[str, Any]], str]]] = [
-    (r"^recency_days$", lambda m, v, r, row: _days(v, r, row)),
-    (r"^overdue_ratio$", lambda m, v, r, row: f"{v:.1f}x their usual gap since the last purchase"),
-    (
-        r"^orders_trend_(\d+)d$",
-        lambda m, v, r, row: (
-            f"orders in the last {m[1]} days at {v:.1f}x the {m[1]} days before (typical {r:.1f}x)"
-        ),
-    ),
-    (
-        r"^orders_(\d+)d$",
-        lambda m, v, r, row: f"{v:.0f} orders in the last {m[1]} days (typical {r:.0f})",
-    ),
-    (
-        r"^spend_(\d+)d$",
-        lambda m, v, r, row: f"spent {v:,.0f} in the last {m[1]} days (typical {r:,.0f})",
-    ),
-    (
-        r"^events_trend_(\d+)d$",
-        lambda m, v, r, row: (
-            f"activity in the last {m[1]} days at {v:.1f}x the {m[1]} days before "
-            f"(typical {r:.1f}x)"
-        ),
-    ),
-    (
-        r"^events_(\d+)d$",
-        lambda m, v, r, row: f"{v:.0f} events in the last {m[1]} days (typical {r:.0f})",
-    ),
-    (r"^days_since_event$", lambda m, v, r, row: f"no activity for {v:.0f} days (typical {r:.0f})"),
-    (
-        r"^events_(\w+)_trend_(\d+)d$",
-        lambda m, v, r, row: (
-            f"{m[1].replace('_', ' ')} activity in the last {m[2]} days at {v:.1f}x the period "
-            f"before (typical {r:.1f}x)"
-        ),
-    ),
-    (
-        r"^events_(\w+)_value_(\d+)d$",
-        lambda m, v, r, row: (
-            f"{m[1].replace('_', ' ')} total {v:,.0f} in the last {m[2]} days (typical {r:,.0f})"
-        ),
-    ),
-    (
-        r"^events_(\w+)_(\d+)d$",
-        lambda m, v, r, row: (
-            f"{v:.0f} {_things(m[1], v)} in the last {m[2]} days (typical {r:.0f})"
-        ),
-    ),
-    (
-        r"^days_since_(\w+)$",
-        lambda m, v, r, row: (
-            f"{v:.0f} days since the last {m[1].replace('_', ' ')} (typical {r:.0f})"
-        ),
-    ),
-    (r"^sub_days_since_end$", lambda m, v, r, row: f"subscription ended {v:.0f} days ago"),
-    (r"^sub_days_to_end$", lambda m, v, r, row: f"subscription ends in {v:.0f} days"),
-    (
-        r"^sub_active$",
-        lambda m, v, r, row: (
-            "no active subscription" if v < 0.5 else ("has an active subscription")
-        ),
-    ),
-    (r"^sub_downgrades$", lambda m, v, r, row: f"{v:.0f} plan downgrades"),
-    (r"^sub_upgrades$", lambda m, v, r, row: f"{v:.0f} plan upgrades (typical {r:.0f})"),
-    (r"^sub_days_on_plan$", lambda m, v, r, row: f"{v:.0f} days on the current plan"),
-    (
-        r"^sub_recurring_revenue$",
-        lambda m, v, r, row: f"recurring revenue {v:,.2f} a month (typical {r:,.2f})",
-    ),
-    (
-        r"^overdue_z$",
-        lambda m, v, r, row: (
-            f"last purchase {v:.1f} standard deviations later than their usual rhythm"
-        ),
-    ),
-    (
-        r"^gap_mean_days$",
-        lambda m, v, r, row: f"usually {v:.0f} days between purchases (typical {r:.0f})",
-    ),
-    (
-        r"^gap_std_days$",
-        lambda m, v, r, row: f"irregular buying: gaps vary by {v:.0f} days (typical {r:.0f})",
-    ),
-    (
-        r"^spend_slope$",
-        lambda m, v, r, row: (
-            f"monthly spend trending {'down' if v < 0 else 'up'} by {abs(v):,.1f} a month "
-            f"(typical {r:+,.1f})"
-        ),
-    ),
-    (
-        r"^btyd_expected_purchases$",
-        lambda m, v, r, row: f"{v:.1f} purchases expected in the horizon (typical {r:.1f})",
-    ),
-    (
-        r"^btyd_expected_(spend|value)$",
-        lambda m, v, r, row: f"expected {m[1]} {v:,.0f} (typical {r:,.0f})",
-    ),
-    (r"^basket_size$", lambda m, v, r, row: f"{v:.1f} items per order (typical {r:.1f})"),
-    (r"^n_categories$", lambda m, v, r, row: f"buys in {v:.0f} categories (typical {r:.0f})"),
-    (r"^frequency$", lambda m, v, r, row: f"{v:.0f} purchases in total (typical {r:.0f})"),
-    (r"^monetary_mean$", lambda m, v, r, row: f"average order {v:,.0f} (typical {r:,.0f})"),
-    (r"^monetary_total$", lambda m, v, r, row: f"lifetime spend {v:,.0f} (typical {r:,.0f})"),
-    (r"^tenure_days$", lambda m, v, r, row: f"customer for {v:.0f} days"),
-    (r"^return_rate$", lambda m, v, r, row: f"{v:.0%} of orders returned (typical {r:.0%})"),
-    (
-        r"^channel_share_(\w+)$",
-        lambda m, v, r, row: f"{v:.0%} of orders via {m[1].replace('_', ' ')} (typical {r:.0%})",
-    ),
-    (r"p_alive$", lambda m, v, r, row: f"probability still active {v:.0%} (typical {r:.0%})"),
+# The words: templates, one fact per reason, why a customer counts as churned already.
+__all__ = [
+    "attributions",
+    "churned_reasons",
+    "describe",
+    "reference_values",
+    "top_reasons",
 ]
-
-
-@lru_cache(maxsize=1024)
-def _phrase_for(feature: str) -> Callable[[float, float, Mapping[str, Any]], str] | None:
-    """Return the template phrase of ``feature`` bound to its name (matched once per feature)."""
-    for pattern, phrase in TEMPLATES:
-        match = re.search(pattern, feature)
-        if match is not None:
-            return partial(phrase, match)
-    return None
-
-
-def describe(feature: str, value: Any, reference: Any, row: Mapping[str, Any]) -> str:
-    """Return one plain-language reason for ``feature`` having ``value`` (vs ``reference``)."""
-    try:
-        v, r = float(value), float(reference)
-    except (TypeError, ValueError):
-        return f"{feature.replace('_', ' ')} is {value}"
-    phrase = _phrase_for(feature)
-    if phrase is not None:
-        return phrase(v, r, row)
-    return f"{feature.replace('_', ' ')} {v:.3g} (typical {r:.3g})"
-
-
-def top_reasons(
-    contributions: pd.DataFrame,
-    frame: pd.DataFrame,
-    reference: Mapping[str, Any],
-    k: int = 3,
-) -> pd.Series:
-    """Return, per row, the ``k`` features raising risk most, as reasons joined by "; ".
-
-    Only positive attributions of values the customer actually has count (a missing value, e.g.
-    days on a plan for a customer without one, is not a reason a person can act on): a customer
-    with nothing above typical gets "".
-    """
-    names = [str(c) for c in contributions.columns]
-    present = frame[names].notna().to_numpy()
-    values = np.where(present, contributions.to_numpy(), -np.inf)
-    order = np.argsort(-values, axis=1, kind="stable")[:, :k]
-    # Column arrays, not row dicts: building a dict per row cost most of a 1M-row scoring run.
-    columns = [frame[name].to_numpy() for name in names]
-    gap = frame["gap_mean_days"].to_numpy() if "gap_mean_days" in frame else None
-    texts = []
-    for i in range(len(frame)):
-        row = {"gap_mean_days": gap[i]} if gap is not None else {}
-        parts = [
-            describe(names[j], columns[j][i], reference[names[j]], row)
-            for j in order[i]
-            if values[i, j] > 0
-        ]
-        texts.append("; ".join(parts))
-    return pd.Series(texts, index=frame.index, name="top_reasons")
-
-
-def churned_reasons(frame: pd.DataFrame) -> pd.Series:
-    """Return why each customer counts as churned already (read for those not at risk).
-
-    A contract label says so by the ``at_risk`` flag: the last subscription ended (and when),
-    or the churn date passed. An inactivity label says so by recency: no purchase for longer
-    than the at-risk population allows.
-    """
-    texts = np.full(len(frame), "churned already", dtype=object)
-    flagged = frame["at_risk"].fillna(False).to_numpy(dtype=bool) if "at_risk" in frame else None
-    if "recency_days" in frame:
-        days = frame["recency_days"].to_numpy(dtype="float64")
-        texts = np.where(
-            np.isfinite(days),
-            [f"churned already: no purchase for {d:.0f} days" for d in np.nan_to_num(days)],
-            texts,
-        )
-    if flagged is not None and "sub_active" in frame:
-        ended = frame["sub_days_since_end"].to_numpy(dtype="float64")
-        contract = [
-            f"churned already: subscription ended {d:.0f} days ago"
-            if np.isfinite(d)
-            else "churned already: no active subscription"
-            for d in ended
-        ]
-        texts = np.where(flagged, texts, contract)
-    elif flagged is not None:
-        texts = np.where(flagged, texts, "churned already: churn date passed")
-    return pd.Series(texts, index=frame.index, name="top_reasons", dtype=object)

@@ -184,8 +184,17 @@ def _audit(name: str, version: int, event: dict[str, Any]) -> None:
     )
 
 
-def promote(name: str, version: int, reason: str, metrics: dict[str, float] | None = None) -> None:
-    """Make ``version`` champion; the old champion keeps alias ``previous``; audit both."""
+def promote(
+    name: str,
+    version: int,
+    reason: str,
+    metrics: dict[str, float] | None = None,
+    gate: Mapping[str, float] | None = None,
+) -> None:
+    """Make ``version`` champion; the old champion keeps alias ``previous``; audit both.
+
+    ``gate`` holds the figures the decision compared (candidate -> score on the same rows).
+    """
     client = MlflowClient()
     old = find_champion(name)
     if old == version:
@@ -193,16 +202,20 @@ def promote(name: str, version: int, reason: str, metrics: dict[str, float] | No
     if old is not None:
         client.set_registered_model_alias(name, PREVIOUS, str(old))
     client.set_registered_model_alias(name, CHAMPION, str(version))
-    _audit(
-        name,
-        version,
-        {"event": "promoted", "replaced": old, "reason": reason, "metrics": metrics or {}},
-    )
+    event = {"event": "promoted", "replaced": old, "reason": reason, "metrics": metrics or {}}
+    _audit(name, version, event | ({"gate": dict(gate)} if gate else {}))
 
 
-def record_rejection(name: str, version: int, reason: str, metrics: dict[str, float]) -> None:
-    """Audit a challenger that was registered but not promoted."""
-    _audit(name, version, {"event": "rejected", "reason": reason, "metrics": metrics})
+def record_rejection(
+    name: str,
+    version: int,
+    reason: str,
+    metrics: dict[str, float],
+    gate: Mapping[str, float] | None = None,
+) -> None:
+    """Audit a challenger that was registered but not promoted (with the gate's figures)."""
+    event = {"event": "rejected", "reason": reason, "metrics": metrics}
+    _audit(name, version, event | ({"gate": dict(gate)} if gate else {}))
 
 
 def rollback(name: str) -> tuple[int, int]:

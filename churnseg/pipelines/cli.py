@@ -19,6 +19,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 app = typer.Typer(
@@ -219,10 +220,16 @@ def _print_summary(summary: dict[str, Any]) -> None:
         table.add_row(
             "segments (k)", f"{summary['k']}: {'; '.join(summary['segment_names'].values())}"
         )
+        held_out = (
+            "held-out customers"
+            if summary.get("validation_split") == "customers"
+            else "out of time"
+        )
+        calibration = summary.get("churn_calibration") or "calibrated"
         table.add_row(
-            "validation (out of time)",
+            f"validation ({held_out})",
             f"ROC AUC {summary['val_roc_auc']:.3f}, ECE {summary['val_ece']:.3f} "
-            f"({summary['churn_candidate']}, calibrated)",
+            f"({summary['churn_candidate']}, calibration {calibration})",
         )
         verdict = "promoted to champion" if summary["churn_promoted"] else "not promoted"
         table.add_row(
@@ -523,9 +530,12 @@ def history(config: ConfigOption = None, model: ModelOption = "churn") -> None:
         events = promotion_history(_model_name(cfg, model))
     except Exception as exc:
         _fail(exc)
-    table = Table("when (UTC)", "version", "event", "reason")
+    table = Table("when (UTC)", "version", "event", "reason", "figures (same held-out rows)")
     for event in events:
-        table.add_row(event["at"], str(event["version"]), event["event"], event["reason"])
+        gate = event.get("gate") or {}
+        figures = ", ".join(f"{k} {v:.4f}" for k, v in gate.items())
+        row = [event["at"], str(event["version"]), event["event"], event["reason"], figures]
+        table.add_row(*(escape(cell) for cell in row))
     console.print(table)
 
 

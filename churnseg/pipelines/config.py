@@ -427,7 +427,18 @@ class ChurnConfig(_Strict):
     candidates: list[ChurnCandidate] = Field(
         default_factory=lambda: list[ChurnCandidate](["logreg", "hgb"]), min_length=1
     )
-    calibration: Literal["isotonic", "sigmoid"] = "isotonic"
+    calibration: Literal["auto", "isotonic", "sigmoid", "none"] = Field(
+        "auto",
+        description="How P(churn) is calibrated on held-out time: auto picks sigmoid, isotonic "
+        "or none by cross-fitted log loss; published probabilities are never exactly 0 or 1 "
+        "and keep the ranking's resolution (no tied blocks).",
+    )
+    refit_on_latest: bool = Field(
+        True,
+        description="After choosing and judging the model on held-out time, refit it on every "
+        "training cutoff and calibrate it on the validation cutoff (the newest matured labels); "
+        "the reported validation metrics stay those of the model that did not see them.",
+    )
     population_max_recency_days: int | None = Field(
         365,
         ge=1,

@@ -336,6 +336,8 @@ def retrain_flow(config_path: str | None = None, fresh: bool = False) -> dict[st
         "churn_promoted": churn.promoted,
         "churn_decision": churn.reason,
         "churn_candidate": churn.candidate,
+        "churn_calibration": churn.calibration,
+        "validation_split": cutoffs.split,
         "churn_dropped_features": churn.dropped_features,
         "plan_notes": list(cutoffs.notes),
         "val_roc_auc": churn.metrics["val_roc_auc"],

@@ -17,6 +17,7 @@ from sklearn.inspection import permutation_importance
 from churnseg.features.labels import AT_RISK, label_days
 from churnseg.models import churn as churn_model
 from churnseg.models import evaluation, reasons
+from churnseg.models.calibration import CalibratedChurnModel
 from churnseg.models.plots import importance_figure, reliability_figure
 from churnseg.models.registry import (
     CHALLENGER,
@@ -55,6 +56,7 @@ class ChurnOutcome:
     champion_kind: str = "challenger"
     segmentation_version: int | None = None
     dropped_features: dict[str, str] = field(default_factory=dict)
+    calibration: str = ""
 
 
 EXPLAIN_ARTIFACT = "churn/explain.json"
@@ -149,7 +151,12 @@ def churn_stage(config: Config, paths: RunPaths) -> ChurnOutcome:
     )
     _, _, split = churn_model.held_out_rows(train, gap, c.random_state)
 
-    def calibrated(fit_spec: churn_model.FeatureSpec, kind: str, params: dict[str, Any]) -> Any:
+    def calibrated(
+        fit_spec: churn_model.FeatureSpec,
+        kind: str,
+        params: dict[str, Any],
+        latest: pd.DataFrame | None = None,
+    ) -> CalibratedChurnModel:
         return churn_model.fit_calibrated(
             train,
             fit_spec,
@@ -160,6 +167,7 @@ def churn_stage(config: Config, paths: RunPaths) -> ChurnOutcome:
             c.fit_sample_rows,
             c.calibration_sample_rows,
             gap,
+            latest,
         )
 
     model = calibrated(spec, search.name, search.params)
@@ -196,6 +204,7 @@ def churn_stage(config: Config, paths: RunPaths) -> ChurnOutcome:
         later=validation,
         search=search,
         label_days=gap,
+        compare_newest=True,
     )
     # Importance of the ranking model: calibration is monotone, so the ROC AUC drop is the same,
     # and skipping the calibrator halves the cost of the many predictions this takes.
@@ -222,8 +231,12 @@ def churn_stage(config: Config, paths: RunPaths) -> ChurnOutcome:
             "churn_selection_split": split,
             "churn_seasonality": season,
             "churn_features_dropped": len(dropped),
+            "churn_calibration_chosen": model.method_,
+            "churn_refit_on_latest": c.refit_on_latest,
         }
     )
+    mlflow.log_dict(model.losses_, "churn/calibration_log_loss.json")
+    calibration_chosen = model.method_
     mlflow.log_dict(dropped, "churn/dropped_features.json")
     mlflow.log_metrics(
         {
@@ -275,25 +288,38 @@ def churn_stage(config: Config, paths: RunPaths) -> ChurnOutcome:
     }
     mlflow.log_dict(gate, "churn/promotion_gate.json")
 
+    # The scored model learns from the newest labels too; the figures above stay those of the
+    # model that did not see the validation cutoff.
+    if c.refit_on_latest:
+        model = calibrated(spec, search.name, search.params, validation)
     # Registration last: everything above can fail without leaving a version behind.
     version = log_and_register(
         model, name, validation[spec.columns].head(100), churn_model.SKOPS_TYPES, proba[:100]
     )
     record = {f"val_{k}": v for k, v in metrics.items()}
+    # What the gate compared, on the same rows: kept with the audit, shown by `churnseg history`.
+    figures = {CHALLENGER: metrics[metric], **{b: m[metric] for b, m in baselines.items()}}
+    if champion_score is not None:
+        figures[f"champion v{previous}"] = champion_score
     champion, kind = previous, "previous champion"
     if decision.winner == CHALLENGER:
-        promote(name, version, decision.reason, record)
+        promote(name, version, decision.reason, record, figures)
         champion, kind = version, "challenger"
     else:
-        record_rejection(name, version, decision.reason, record)
+        record_rejection(name, version, decision.reason, record, figures)
         if decision.winner is not None:
             chosen = baseline_models[decision.winner]
-            columns = churn_model.baseline_specs(spec)[decision.winner].columns
+            baseline_spec = churn_model.baseline_specs(spec)[decision.winner]
+            if c.refit_on_latest:
+                chosen = calibrated(
+                    baseline_spec, "logreg", churn_model.BASELINE_PARAMS, validation
+                )
+            columns = baseline_spec.columns
             champion = log_and_register(
                 chosen, name, validation[columns].head(100), churn_model.SKOPS_TYPES
             )
             scores = {f"val_{k}": v for k, v in baselines[decision.winner].items()}
-            promote(name, champion, decision.reason, scores)
+            promote(name, champion, decision.reason, scores, figures)
             kind = f"baseline {decision.winner}"
     segmentation_version = (
         register_segmentation(config, paths) if trained_segmentation(paths) else None
@@ -315,14 +341,25 @@ def churn_stage(config: Config, paths: RunPaths) -> ChurnOutcome:
         champion_kind=kind,
         segmentation_version=segmentation_version,
         dropped_features=dropped,
+        calibration=calibration_chosen,
     )
 
 
 def _backtest_metrics(folds: pd.DataFrame, metric: str) -> dict[str, float]:
-    """Return the backtest's mean and spread of ``metric`` (none without folds)."""
+    """Return the backtest's mean and spread of ``metric``, and what the newest labels gain.
+
+    ``backtest_refit_gain`` is the mean ROC AUC of the folds minus the same folds fitted without
+    their newest matured cutoff (``refit_on_latest``'s evidence; none without such folds).
+    """
     if folds.empty:
         return {}
-    return {
+    out = {
         f"backtest_{metric}_mean": float(folds[metric].mean()),
         f"backtest_{metric}_std": float(folds[metric].std(ddof=0)),
     }
+    if "roc_auc_without_newest" in folds:
+        gain = (folds["roc_auc"] - folds["roc_auc_without_newest"]).dropna()
+        if len(gain):
+            out["backtest_refit_gain"] = float(gain.mean())
+            out["backtest_refit_folds"] = float(len(gain))
+    return out

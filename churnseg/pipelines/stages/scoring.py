@@ -115,27 +115,18 @@ def expected_value(frame: pd.DataFrame, horizon_days: int) -> NDArray[np.float64
 
 
 def _risk_ranking(
-    model: Any,
-    frame: pd.DataFrame,
-    proba: NDArray[np.float64] | None,
-    value: NDArray[np.float64],
-    by: str,
-    score: NDArray[np.float64] | None = None,
+    frame: pd.DataFrame, proba: NDArray[np.float64], value: NDArray[np.float64], by: str
 ) -> pd.Series:
-    """Return what the retention list is ordered by: value at risk, or churn risk.
+    """Return what the retention list is ordered by: value at risk, or churn probability.
 
-    Churn risk is ranked by the uncalibrated model's score: it orders customers exactly as the
-    calibrated probability does, but without the ties isotonic calibration creates, so "top
-    10%" is 10% of customers. ``proba`` (calibrated) is needed only for value at risk;
-    ``score`` is the uncalibrated model's P(churn) when the caller has it already.
+    Ranking by the published probability itself keeps the bands monotone in it: a higher
+    probability is never in a lower band. Calibrated probabilities are strictly increasing in
+    the ranking model's score (``models.calibration``), so there are no tied blocks and "top
+    10%" is 10% of customers.
     """
     if by == "value_at_risk":
-        if proba is None:
-            raise ValueError("ranking by value at risk needs churn probabilities")
         return pd.Series(proba * value, index=frame.index)
-    if score is None:
-        score = churn_model.churn_probability(model, frame)
-    return pd.Series(score, index=frame.index)
+    return pd.Series(proba, index=frame.index)
 
 
 def _explanations(name: str, version: int) -> tuple[dict[str, Any], tuple[str, ...]]:
@@ -196,7 +187,7 @@ def scoring_context(
         if value_col is not None:
             values.append(frame[value_col].astype("float64").fillna(0.0).to_numpy())
         value = np.nan_to_num(expected_value(frame, horizon))
-        ranking = _risk_ranking(explainer, frame, proba, value, rank_by, score=score)
+        ranking = _risk_ranking(frame, proba, value, rank_by)
         # Bands rank the customers who can still churn; the others take no slot.
         rankings.append(ranking.to_numpy()[at_risk_mask(frame, max_recency)])
     all_values = pd.Series(np.concatenate(values) if values else np.array([], dtype=float))
@@ -288,9 +279,7 @@ def score_batch(
         index=frame.index,
     )
     classes, _ = apply_overrides(classes, frame, context.overrides)
-    ranking = _risk_ranking(
-        context.explainer, frame, proba, np.nan_to_num(value), context.risk_rank_by, score=score
-    )
+    ranking = _risk_ranking(frame, proba, np.nan_to_num(value), context.risk_rank_by)
     why = np.full(len(frame), None, dtype=object)
     if context.reason_features:
         contributions = reasons.attributions(
