@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -85,6 +86,7 @@ class Result:
     segments: list[str] = field(default_factory=list)
     scored: dict[str, float] = field(default_factory=dict)
     baselines: dict[str, dict[str, float]] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 # --- data sets -------------------------------------------------------------------------------
@@ -254,8 +256,12 @@ def contract_truth(subscriptions: pd.DataFrame, as_of: date, horizon: int) -> pd
 # --- running and judging ----------------------------------------------------------------------
 
 
-def run_case(case: Case) -> Result:
-    """Run ``churnseg run`` on the case's config in a process of its own and judge the scores."""
+def run_case(case: Case, analyses: tuple[str, ...] = ()) -> Result:
+    """Run ``churnseg run`` on the case's config in a process of its own and judge the scores.
+
+    ``analyses`` adds ``families`` (the feature-family ablation) and ``boosters`` (the
+    gradient-boosting libraries at equal budget), both on the run's own feature tables.
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHURNSEG__")}
     began = time.perf_counter()
     done = subprocess.run(
@@ -277,6 +283,10 @@ def run_case(case: Case) -> Result:
     result.scored["rows"] = float(len(judged))
     run_folder = max((state / "runs").iterdir(), key=lambda p: p.stat().st_mtime)
     result.baselines = baselines(run_folder, judged.index, truth)
+    if "families" in analyses:
+        result.extra["families"] = family_ablation(run_folder, judged.index, truth)
+    if "boosters" in analyses:
+        result.extra["boosters"] = boosters(run_folder, judged.index, truth)
     return result
 
 
@@ -324,6 +334,120 @@ def baselines(run_folder: Path, ids: pd.Index, truth: pd.Series) -> dict[str, di
     hgb.fit(history[spec.columns], history.churned)
     assert isinstance(hgb[-1], HistGradientBoostingClassifier)
     out["hgb"] = judge(y_test, hgb.predict_proba(scoring.reset_index()[spec.columns])[:, 1])
+    return out
+
+
+# --- which feature families help, which booster -------------------------------------------------
+
+FAMILIES: dict[str, str] = {
+    "rfm": r"^(recency_days|frequency|monetary_(total|mean|max)|tenure_days|return_rate)$",
+    "windows": r"^(orders|spend)_\d+d$",
+    "trends": r"^(orders_trend_\d+d|spend_slope)$",
+    "gaps (inter-purchase, overdue)": r"^(gap_|overdue_)",
+    "btyd summary": r"^btyd_(frequency|recency|t|monetary_value)$",
+    "btyd predictions (P(alive), expected purchases)": r"^btyd_(p_alive|expected_)",
+    "mix (categories, channels, basket)": r"^(n_categories|top_category_share|category_entropy|"
+    r"purchase_units|basket_size|channel_share_)",
+    "events": r"^(events_|days_since_)",
+    "subscriptions": r"^sub_",
+    "customer age": r"^tenure_days$",
+}
+
+
+def history_and_target(
+    run_folder: Path, ids: pd.Index, truth: pd.Series
+) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray]:
+    """Return the run's labelled history, its scoring rows for ``ids`` and their outcome."""
+    features = run_folder / "features"
+    history = pd.concat(
+        [pd.read_parquet(features / f"{n}.parquet") for n in ("train", "validation")],
+        ignore_index=True,
+    )
+    history = history[history.churned.notna()]
+    if "recency_days" in history:  # the pipeline's population with an inactivity label
+        history = history[(history.recency_days <= 365) | (history.frequency == 0)]
+    scoring = pd.read_parquet(features / "scoring.parquet").set_index("customer_id").loc[ids]
+    return history, scoring.reset_index(), truth.loc[ids].to_numpy()
+
+
+def family_ablation(run_folder: Path, ids: pd.Index, truth: pd.Series) -> dict[str, float]:
+    """Return ROC AUC out of time with every feature, and without each family in turn.
+
+    The pipeline's logistic regression candidate (C = 0.1) fitted on the run's labelled history
+    and judged on the as-of snapshot's outcome: what each family adds on real data.
+    """
+    from churnseg.models import churn as churn_model
+
+    history, scoring, y = history_and_target(run_folder, ids, truth)
+    spec = churn_model.model_inputs(history)[0]
+    columns = [*spec.numeric, *spec.categorical]
+
+    def auc(kept: list[str]) -> float:
+        fit_spec = churn_model.FeatureSpec(
+            [c for c in kept if c in spec.numeric], [c for c in kept if c in spec.categorical]
+        )
+        model = churn_model.candidate_pipeline("logreg", fit_spec, {"C": 0.1})
+        model.fit(history[fit_spec.columns], history.churned)
+        return judge(y, model.predict_proba(scoring[fit_spec.columns])[:, 1])["roc_auc"]
+
+    out = {"all": auc(columns)}
+    for family, pattern in FAMILIES.items():
+        dropped = [c for c in columns if re.search(pattern, c)]
+        if dropped:
+            out[f"without {family}"] = auc([c for c in columns if c not in dropped])
+    return out
+
+
+def boosters(run_folder: Path, ids: pd.Index, truth: pd.Series) -> dict[str, dict[str, float]]:
+    """Return ROC AUC and fit seconds of HistGradientBoosting against LightGBM and XGBoost.
+
+    Equal budget: the same trees (150), learning rate (0.1), leaves (15) and minimum leaf size
+    (100), on the same matrix (the HGB candidate's own column preparation). A library not
+    installed is left out (they are not dependencies of churnseg).
+    """
+    from churnseg.models import churn as churn_model
+
+    history, scoring, y = history_and_target(run_folder, ids, truth)
+    spec = churn_model.model_inputs(history)[0]
+    spec = churn_model.FeatureSpec(spec.numeric, spec.categorical)
+    grid = churn_model.PARAM_GRIDS["hgb"][0]
+    prep = churn_model.candidate_pipeline("hgb", spec, grid)[0]
+    X = prep.fit_transform(history[spec.columns])
+    X_test = prep.transform(scoring[spec.columns])
+    models: dict[str, Any] = {
+        "hist_gradient_boosting": churn_model.candidate_pipeline("hgb", spec, grid)[-1]
+    }
+    try:
+        import lightgbm
+
+        models["lightgbm"] = lightgbm.LGBMClassifier(
+            n_estimators=grid["max_iter"],
+            learning_rate=grid["learning_rate"],
+            num_leaves=grid["max_leaf_nodes"],
+            min_child_samples=grid["min_samples_leaf"],
+            verbose=-1,
+        )
+    except ImportError:
+        pass
+    try:
+        import xgboost
+
+        models["xgboost"] = xgboost.XGBClassifier(
+            n_estimators=grid["max_iter"],
+            learning_rate=grid["learning_rate"],
+            max_leaves=grid["max_leaf_nodes"],
+            grow_policy="lossguide",
+            min_child_weight=grid["min_samples_leaf"] * 0.25,
+            tree_method="hist",
+        )
+    except ImportError:
+        pass
+    out = {}
+    for name, model in models.items():
+        began = time.perf_counter()
+        model.fit(X, history.churned.to_numpy())
+        seconds = time.perf_counter() - began
+        out[name] = judge(y, model.predict_proba(X_test)[:, 1]) | {"fit_seconds": seconds}
     return out
 
 
@@ -381,6 +505,13 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="+", default=["cdnow", "telco", "fightchurn"])
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table too")
     parser.add_argument("--json", type=Path, help="write every figure to this JSON file")
+    parser.add_argument(
+        "--analyses",
+        nargs="*",
+        default=[],
+        choices=["families", "boosters"],
+        help="also: the feature-family ablation; HGB against LightGBM and XGBoost",
+    )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="churnseg-real-"))
     makers = {
@@ -392,7 +523,7 @@ def main() -> None:
     results = []
     for name in args.datasets:
         for case in makers[name]():
-            result = run_case(case)
+            result = run_case(case, tuple(args.analyses))
             results.append(result)
             print(
                 f"{case.dataset} {case.as_of}: finished={result.finished} {result.error}",
@@ -401,6 +532,8 @@ def main() -> None:
             print(f"  published {json.dumps(result.scored)}")
             for baseline, figures in result.baselines.items():
                 print(f"  {baseline}: {json.dumps(figures)}")
+            for analysis, figures in result.extra.items():
+                print(f"  {analysis}: {json.dumps(figures)}")
     print(report(results, markdown=False))
     if args.markdown:
         print(report(results, markdown=True))
@@ -418,6 +551,7 @@ def main() -> None:
                         "segments": r.segments,
                         "scored": r.scored,
                         "baselines": r.baselines,
+                        "extra": r.extra,
                         "seconds": r.seconds,
                     }
                     for r in results

@@ -212,3 +212,24 @@ def test_churn_scores_of_a_calibrated_model_predict_once_and_equal_predict_proba
     np.testing.assert_allclose(proba, model.predict_proba(frame)[:, 1], rtol=0, atol=1e-12)
     ranking = churn_model.ranking_model(model)
     np.testing.assert_allclose(score, ranking.predict_proba(frame[["a"]])[:, 1], rtol=1e-9)
+
+
+def test_attributes_read_as_people_write_them() -> None:
+    assert wording.describe("Partner", 1.0, 0.0, {}) == "Partner: yes"
+    assert wording.describe("TotalCharges", 280.4, 1436.0, {}) == "TotalCharges 280 (typical 1,436)"
+    assert wording.describe("monthly_fee", 24.75, 70.1, {}) == "monthly fee 24.75 (typical 70.10)"
+    contract = wording.describe("contract", "month-to-month", "two year", {})
+    assert contract == "contract: month-to-month (lowest risk: two year)"
+
+
+def test_a_category_is_compared_with_its_lowest_risk_level() -> None:
+    from churnseg.models.reasons import reference_values
+
+    frame = pd.DataFrame(
+        {"contract": ["monthly"] * 60 + ["yearly"] * 30 + ["rare"] * 2, "x": range(92)}
+    )
+    churned = pd.Series([1] * 40 + [0] * 20 + [1] * 3 + [0] * 27 + [0, 0])
+    ref = reference_values(frame, ["contract", "x"], churned)
+    assert ref["contract"] == "yearly", "lowest churn among levels of at least 5%"
+    assert ref["x"] == 45.5
+    assert reference_values(frame, ["contract"])["contract"] == "monthly", "no label: the mode"

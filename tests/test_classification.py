@@ -50,7 +50,7 @@ def test_lifecycle_rules_by_hand() -> None:
             "orders_180d": [0, 1, 8, 8, 8, 3, 0],
         }
     )
-    stages = lifecycle_stages(frame, LifecycleRules()).tolist()
+    stages = lifecycle_stages(frame, LifecycleRules(churned_after_days=180)).tolist()
     # previous windows: -, -, 3, 6, 4, 0, 0 -> ratios 5/3, 2/6, 1.0, inf, 0/0
     assert stages == ["churned", "new", "growing", "declining", "stable", "growing", "declining"]
 

@@ -84,7 +84,7 @@ class LifecycleRules:
     """Thresholds of the lifecycle stages, checked in this order: churned, new, trend."""
 
     new_within_days: int = 90
-    churned_after_days: int = 180
+    churned_after_days: int = 365
     trend_window_days: int = 90
     growing_ratio: float = 1.25
     declining_ratio: float = 0.75

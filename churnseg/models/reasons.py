@@ -36,16 +36,33 @@ def _logit(p: NDArray[np.float64]) -> NDArray[np.float64]:
     return np.asarray(np.log(q / (1 - q)), dtype=np.float64)
 
 
-def reference_values(frame: pd.DataFrame, columns: Sequence[str]) -> dict[str, Any]:
-    """Return a typical value per feature: the median of numbers, the mode of categories."""
+# A category is a reference only when at least this share of customers has it.
+MIN_REFERENCE_SHARE = 0.05
+
+
+def reference_values(
+    frame: pd.DataFrame, columns: Sequence[str], label: pd.Series | None = None
+) -> dict[str, Any]:
+    """Return the value each feature is compared with.
+
+    Numbers: the median (a typical customer). Categories: with ``label``, the level with the
+    lowest churn rate among those held by at least ``MIN_REFERENCE_SHARE`` of customers, so a
+    customer on the riskier level gets the reason ("contract: month-to-month, lowest risk: two
+    year"), even when most customers share it; without ``label``, the most common level.
+    """
     ref: dict[str, Any] = {}
     for col in columns:
         series = frame[col]
         if pd.api.types.is_bool_dtype(series) or pd.api.types.is_numeric_dtype(series):
             ref[col] = float(series.astype("float64").median())
+            continue
+        shares = series.value_counts(normalize=True, dropna=True)
+        common = shares[shares >= MIN_REFERENCE_SHARE].index
+        if label is not None and len(common):
+            rates = label.groupby(series).mean().reindex(common)
+            ref[col] = rates.idxmin()
         else:
-            mode = series.mode(dropna=True)
-            ref[col] = mode.iloc[0] if len(mode) else None
+            ref[col] = shares.index[0] if len(shares) else None
     return ref
 
 

@@ -302,10 +302,23 @@ TEMPLATES: list[Template] = [
         lambda m, v, r, row: f"{_words(m[1])} {v:.0f} years ago (typical {r:.0f})",
     ),
 ]
+
+
+def _number(value: float) -> str:
+    """Return a number as a person writes it: whole where it is, two decimals below 100."""
+    if float(value).is_integer() or abs(value) >= 100:
+        return f"{value:,.0f}"
+    return f"{value:,.2f}"
+
+
+def _attribute(m: re.Match[str], v: float, r: float, row: Mapping[str, Any]) -> str:
+    if v in (0.0, 1.0) and r in (0.0, 1.0):  # a yes/no attribute, read as 0/1
+        return f"{_words(m[1])}: {'yes' if v else 'no'}"
+    return f"{_words(m[1])} {_number(v)} (typical {_number(r)})"
+
+
 # A feature no template knows (a customer attribute): its column name in words.
-_NUMBER = Template(
-    r"^(.+)$", r"\1", lambda m, v, r, row: f"{_words(m[1])} {v:,.3g} (typical {r:,.3g})"
-)
+_NUMBER = Template(r"^(.+)$", r"\1", _attribute)
 
 
 @lru_cache(maxsize=2048)
@@ -336,8 +349,8 @@ def describe(feature: str, value: Any, reference: Any, row: Mapping[str, Any]) -
     """Return one plain-language reason for ``feature`` having ``value`` (vs ``reference``)."""
     try:
         v, r = float(value), float(reference)
-    except (TypeError, ValueError):
-        return f"{_words(feature)}: {value}"
+    except (TypeError, ValueError):  # a category, against the lowest-risk one
+        return f"{_words(feature)}: {value} (lowest risk: {reference})"
     template, match = _template(feature)
     return template.phrase(match, v, r, row)
 

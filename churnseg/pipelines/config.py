@@ -380,7 +380,12 @@ class ClassificationConfig(_Strict):
         description="Cumulative value shares ending tier A and tier B (e.g. 80/15/5).",
     )
     new_within_days: int = Field(90, ge=1, description="Tenure below this: 'new'.")
-    churned_after_days: int = Field(180, ge=1, description="No purchase for this long: 'churned'.")
+    churned_after_days: int = Field(
+        365,
+        ge=1,
+        description="No activity for this long: 'churned' (the default matches "
+        "churn.population_max_recency_days, so 'churned' customers are the ones not at risk).",
+    )
     trend_window_days: int = Field(
         90, ge=1, description="Orders in the last window against the window before it."
     )

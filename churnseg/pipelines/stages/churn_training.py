@@ -258,8 +258,9 @@ def churn_stage(config: Config, paths: RunPaths) -> ChurnOutcome:
     mlflow.log_table(reliability, "churn/reliability.json")
     mlflow.log_figure(reliability_figure(reliability), "churn/reliability.png")
     mlflow.log_figure(importance_figure(importances), "churn/permutation_importance.png")
-    reference = reasons.reference_values(train, spec.columns)
-    top = [f for f in importances.feature if f in spec.numeric][: c.reasons_max_features]
+    reference = reasons.reference_values(train, spec.columns, train[churn_model.LABEL])
+    inputs = set(spec.numeric) | set(spec.categorical)  # not the season: nobody can act on it
+    top = [f for f in importances.feature if f in inputs][: c.reasons_max_features]
     mlflow.log_dict({"reference": reference, "features": top}, EXPLAIN_ARTIFACT)
 
     champion_score = None
