@@ -58,15 +58,17 @@ query(f"""
 
 # %% [markdown]
 # ## Who to call
-# The riskiest customers, as many as retention can contact (`churn.contact_capacity`), exported
-# as a CSV list next to the state folder's other outputs.
+# The riskiest customers who can still be kept (risk band other than `churned`: those have
+# left already), as many as retention can contact (`churn.contact_capacity`), exported as a CSV
+# list next to the state folder's other outputs.
 
 # %%
-customers = int(query(f"SELECT COUNT(*) AS n FROM {latest}").n[0])
+customers = int(query(f"SELECT COUNT(*) AS n FROM {latest} WHERE risk_band <> 'churned'").n[0])
 capacity = max(1, round(config.churn.contact_capacity * customers))
 calls = query(f"""
     SELECT customer_id, segment_name, churn_probability, risk_band, top_reasons
     FROM {latest}
+    WHERE risk_band <> 'churned'
     ORDER BY churn_probability DESC, customer_id
     LIMIT {capacity}
 """)

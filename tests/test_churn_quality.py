@@ -233,3 +233,18 @@ def test_a_category_is_compared_with_its_lowest_risk_level() -> None:
     assert ref["contract"] == "yearly", "lowest churn among levels of at least 5%"
     assert ref["x"] == 45.5
     assert reference_values(frame, ["contract"])["contract"] == "monthly", "no label: the mode"
+
+
+def test_a_count_window_longer_than_the_customer_is_known_is_not_a_reason() -> None:
+    frame = pd.DataFrame(
+        {
+            "events_like_365d": [0.0, 0.0],
+            "events_like_30d": [0.0, 0.0],
+            "tenure_days": [40.0, 500.0],
+        }
+    )
+    contributions = pd.DataFrame({"events_like_365d": [2.0, 2.0], "events_like_30d": [0.5, 0.5]})
+    ref = {"events_like_365d": 74.0, "events_like_30d": 6.0}
+    texts = wording.top_reasons(contributions, frame, ref).tolist()
+    assert texts[0] == "0 likes in the last 30 days (typical 6)", "known 40 days: no 365-day count"
+    assert texts[1] == "0 likes in the last 365 days (typical 74)"

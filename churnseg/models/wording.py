@@ -5,8 +5,9 @@ Each feature the pipeline builds has a template (``TEMPLATES``): the pattern of 
 fact, and a customer's reasons name each fact once, in its strongest window), and a phrase.
 A trend compares a window with the one before it; that earlier period must lie inside the
 customer's known history, or the ratio says nothing (a customer known for 100 days has no "365
-days before"). Customer attributes, whose names come from the user's data, are named in plain
-words from their column names.
+days before"); likewise a count over a window longer than the customer has been known.
+Customer attributes, whose names come from the user's data, are named in plain words from
+their column names.
 """
 
 from __future__ import annotations
@@ -29,14 +30,16 @@ class Template:
     """How one family of features is said: its name pattern, the fact it states, the phrase.
 
     ``fact`` is the match's expansion naming the fact (``orders``, ``events_login``): features
-    of one fact are said once per customer. ``window`` is the group holding the window in days
-    of a trend (the period before it must lie in the customer's history), or 0.
+    of one fact are said once per customer. ``window`` is the group holding a window in days,
+    or 0; ``periods`` is how many such windows back the feature reads (a count: 1, a trend
+    against the window before: 2), all of which must lie in the customer's known history.
     """
 
     pattern: str
     fact: str
     phrase: Phrase
     window: int = 0
+    periods: int = 1
 
 
 def _words(name: str) -> str:
@@ -87,11 +90,13 @@ TEMPLATES: list[Template] = [
         lambda m, v, r, row: (
             f"{v:.0f} {_plural('order', v)} in the last {m[1]} days (typical {r:.0f})"
         ),
+        window=1,
     ),
     Template(
         r"^spend_(\d+)d$",
         "spend",
         lambda m, v, r, row: f"spent {v:,.0f} in the last {m[1]} days (typical {r:,.0f})",
+        window=1,
     ),
     Template(
         r"^spend_slope$",
@@ -109,6 +114,7 @@ TEMPLATES: list[Template] = [
             f"(typical {r:.1f}x)"
         ),
         window=1,
+        periods=2,
     ),
     Template(
         r"^events_(\d+)d$",
@@ -116,6 +122,7 @@ TEMPLATES: list[Template] = [
         lambda m, v, r, row: (
             f"{v:.0f} {_plural('event', v)} in the last {m[1]} days (typical {r:.0f})"
         ),
+        window=1,
     ),
     Template(
         r"^days_since_event$",
@@ -130,6 +137,7 @@ TEMPLATES: list[Template] = [
             f"before (typical {r:.1f}x)"
         ),
         window=2,
+        periods=2,
     ),
     Template(
         r"^events_(\w+)_value_(\d+)d$",
@@ -137,8 +145,9 @@ TEMPLATES: list[Template] = [
         lambda m, v, r, row: (
             f"{_words(m[1])} total of {v:,.0f} in the last {m[2]} days (typical {r:,.0f})"
         ),
+        window=2,
     ),
-    Template(r"^events_(\w+)_(\d+)d$", r"events_\1", _event_count),
+    Template(r"^events_(\w+)_(\d+)d$", r"events_\1", _event_count, window=2),
     Template(
         r"^days_since_(\w+)$",
         r"events_\1",
@@ -339,10 +348,13 @@ def fact_of(feature: str) -> str:
     return match.expand(template.fact)
 
 
-def trend_window(feature: str) -> int:
-    """Return the window in days a trend feature compares with the one before (0: none)."""
+def history_days(feature: str) -> int:
+    """Return the days of history a feature reads back from the cutoff (0: not windowed).
+
+    A count over the last 90 days reads 90; a trend against the 90 days before reads 180.
+    """
     template, match = _template(feature)
-    return int(match[template.window]) if template.window else 0
+    return int(match[template.window]) * template.periods if template.window else 0
 
 
 def describe(feature: str, value: Any, reference: Any, row: Mapping[str, Any]) -> str:
@@ -365,19 +377,18 @@ def top_reasons(
 
     Only positive attributions of values the customer actually has count (a missing value, e.g.
     days on a plan for a customer without one, is not a reason a person can act on); a fact is
-    named once, in its strongest feature (orders in 90 days, not also in 30 and 365); a trend
-    counts only when the period before its window lies inside the customer's history
-    (``tenure_days``). A customer with nothing above typical gets "".
+    named once, in its strongest feature (orders in 90 days, not also in 30 and 365); a window
+    counts only when it lies inside the customer's known history (``tenure_days``), and a trend
+    only when the period before it does too. A customer with nothing above typical gets "".
     """
     names = [str(c) for c in contributions.columns]
     values = np.where(frame[names].notna().to_numpy(), contributions.to_numpy(), -np.inf)
     if "tenure_days" in frame:
-        tenure = frame["tenure_days"].to_numpy(dtype="float64")
+        tenure = np.nan_to_num(frame["tenure_days"].to_numpy(dtype="float64"), nan=0.0)
         for j, name in enumerate(names):
-            window = trend_window(name)
-            if window:
-                inside = np.nan_to_num(tenure, nan=0.0) >= 2 * window
-                values[:, j] = np.where(inside, values[:, j], -np.inf)
+            days = history_days(name)
+            if days:  # a window reaching before the customer was known says nothing of them
+                values[:, j] = np.where(tenure >= days, values[:, j], -np.inf)
     facts = [fact_of(name) for name in names]
     order = np.argsort(-values, axis=1, kind="stable")
     # Column arrays, not row dicts: building a dict per row cost most of a 1M-row scoring run.

@@ -28,6 +28,7 @@ from sklearn.metrics import roc_curve
 
 from churnseg.models import evaluation
 from churnseg.models.churn import LABEL, churn_probability
+from churnseg.models.classification import CHURNED_BAND
 from churnseg.models.registry import load_champion
 from churnseg.pipelines.config import Config
 from churnseg.pipelines.monitor import ARTIFACTS, MonitorError, reference_run
@@ -127,12 +128,15 @@ def latest_profiles(config: Config) -> pd.DataFrame | None:
 def top_customers(config: Config, n: int = TOP_CUSTOMERS) -> pd.DataFrame | None:
     """Return the ``n`` customers of the newest snapshot with the highest value at risk.
 
-    Rows without a value at risk come last, ordered by churn probability.
+    Customers who have churned already (risk band ``churned``) are not in it; rows without a
+    value at risk come last, ordered by churn probability.
     """
     name = config.publish.table + LATEST_VIEW_SUFFIX
     t = sa.table(name, *(sa.column(c) for c in _CUSTOMER_COLUMNS), schema=config.publish.db_schema)
+    can_be_kept = sa.or_(t.c.risk_band.is_(None), t.c.risk_band != CHURNED_BAND)
     query = (
         sa.select(t)
+        .where(can_be_kept)
         .order_by(t.c.value_at_risk.desc().nulls_last(), t.c.churn_probability.desc())
         .limit(n)
     )
