@@ -248,3 +248,12 @@ def test_a_count_window_longer_than_the_customer_is_known_is_not_a_reason() -> N
     texts = wording.top_reasons(contributions, frame, ref).tolist()
     assert texts[0] == "0 likes in the last 30 days (typical 6)", "known 40 days: no 365-day count"
     assert texts[1] == "0 likes in the last 365 days (typical 74)"
+
+
+def test_a_flat_trend_says_flat() -> None:
+    assert wording.describe("spend_slope", 0.01, 0.3, {}) == (
+        "monthly spend flat (typical trend +0.3 a month)"
+    )
+    assert wording.describe("spend_slope", -1.44, 0.3, {}).startswith(
+        "monthly spend trending down by 1.4 a month"
+    )

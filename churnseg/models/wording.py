@@ -102,7 +102,9 @@ TEMPLATES: list[Template] = [
         r"^spend_slope$",
         "spend",
         lambda m, v, r, row: (
-            f"monthly spend trending {'down' if v < 0 else 'up'} by {abs(v):,.1f} a month "
+            f"monthly spend flat (typical trend {r:+,.1f} a month)"
+            if abs(v) < 0.05
+            else f"monthly spend trending {'down' if v < 0 else 'up'} by {abs(v):,.1f} a month "
             f"(typical {r:+,.1f})"
         ),
     ),
