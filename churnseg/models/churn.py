@@ -225,11 +225,18 @@ def _sample_rows(
     customers the training table is gigabytes: selecting by position, rather than filtering
     and then sampling, keeps the filtered copy out of memory.
     """
+    return frame.iloc[_sample_positions(mask, rows, random_state)]
+
+
+def _sample_positions(
+    mask: NDArray[np.bool_], rows: int | None, random_state: int
+) -> NDArray[np.intp]:
+    """Return the sorted positions ``_sample_rows`` takes: a seeded sample of ``mask``'s."""
     index = np.flatnonzero(mask)
     if rows is not None and len(index) > rows:
         chosen = np.random.default_rng(random_state).choice(index, size=rows, replace=False)
         index = np.sort(chosen)
-    return frame.iloc[index]
+    return index
 
 
 def _cutoff_days(values: Any) -> NDArray[np.int64]:
@@ -460,15 +467,16 @@ def _refit_on_latest(
     rows = None if sample_rows is None else sample_rows - len(old)
     new = _sample_rows(latest, np.ones(len(latest), dtype=bool), rows, random_state + 1)
     fold = np.random.default_rng(random_state + 3).integers(0, REFIT_FOLDS, len(new))
-    cal = _sample_rows(new, np.ones(len(new), dtype=bool), calibration_rows, random_state + 2)
-    cal_fold = fold[new.index.get_indexer(cal.index)] if new.index.is_unique else fold[: len(cal)]
+    every_new = np.ones(len(new), dtype=bool)
+    positions = _sample_positions(every_new, calibration_rows, random_state + 2)
+    cal, cal_fold = new.iloc[positions], fold[positions]
     decisions = np.empty(len(cal), dtype=np.float64)
     for k in range(REFIT_FOLDS):
         part = pd.concat([old, new[fold != k]])
         model = candidate_pipeline(name, spec, params, random_state)
         model.fit(part[spec.columns], part[LABEL])
         held = cal_fold == k
-        decisions[held] = decision_values(model, cal.loc[held, spec.columns])
+        decisions[held] = decision_values(model, cal[spec.columns][held])
     every = pd.concat([old, new])
     base = candidate_pipeline(name, spec, params, random_state)
     base.fit(every[spec.columns], every[LABEL])
@@ -508,13 +516,6 @@ def baseline_specs(spec: FeatureSpec) -> dict[str, FeatureSpec]:
                 out[name] = FeatureSpec(present, [])
                 break
     return out
-
-
-def fit_rfm_baseline(train: pd.DataFrame) -> Pipeline:
-    """Return logistic regression on RFM and tenure only, fitted on the training snapshots."""
-    spec = FeatureSpec([c for c in RFM_BASELINE_FEATURES if c in train], [])
-    model = candidate_pipeline("logreg", spec, BASELINE_PARAMS)
-    return model.fit(train[spec.columns], train[LABEL])
 
 
 def backtest(
