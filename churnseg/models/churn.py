@@ -400,6 +400,7 @@ def fit_calibrated(
     calibration_rows: int | None = None,
     label_days: int = 0,
     latest: pd.DataFrame | None = None,
+    fold_rows: int | None = None,
 ) -> CalibratedChurnModel:
     """Fit the candidate on earlier cutoffs and its calibrator on held-out later rows.
 
@@ -422,12 +423,23 @@ def fit_calibrated(
             all of them). Predicting them is the calibration's cost; an isotonic fit on 200k
             rows is as smooth as on the 600k of a million customers.
         label_days: Days a label reads after its cutoff (see ``held_out_rows``).
-        latest: Rows of a later cutoff to calibrate on, the candidate fitting on all of
-            ``train`` (the refit on the newest labels).
+        latest: Rows of a later cutoff to learn from and calibrate on too (the refit on the
+            newest labels, see ``_refit_on_latest``).
+        fold_rows: With ``latest``: rows each out-of-fold calibration model fits on (a seeded
+            sample; default: all).
     """
     if latest is not None:
         return _refit_on_latest(
-            train, latest, spec, name, params, method, random_state, sample_rows, calibration_rows
+            train,
+            latest,
+            spec,
+            name,
+            params,
+            method,
+            random_state,
+            sample_rows,
+            calibration_rows,
+            fold_rows,
         )
     fit_mask, test_mask, _ = held_out_rows(train, label_days, random_state)
     early = _sample_rows(train, fit_mask, sample_rows, random_state)
@@ -453,13 +465,16 @@ def _refit_on_latest(
     random_state: int,
     sample_rows: int | None,
     calibration_rows: int | None,
+    fold_rows: int | None,
 ) -> CalibratedChurnModel:
     """Fit the candidate on ``train`` and ``latest`` together; calibrate out of fold.
 
     The newest matured labels (``latest``, the validation cutoff) are learnt from as well as
     calibrated on: ``latest``'s customers are split in ``REFIT_FOLDS`` seeded folds, each fold's
-    decision values come from the candidate fitted without that fold, and the calibrator is
-    fitted on those out-of-fold values; the model kept is the candidate fitted on everything.
+    decision values come from the candidate fitted without that fold (on a seeded sample of at
+    most ``fold_rows`` rows: the folds only calibrate, and at a million customers two more full
+    fits cost more than the rest of the stage), and the calibrator is fitted on those
+    out-of-fold values; the model kept is the candidate fitted on everything.
     """
     share = len(train) / max(len(train) + len(latest), 1)
     rows = None if sample_rows is None else round(sample_rows * share)
@@ -473,6 +488,7 @@ def _refit_on_latest(
     decisions = np.empty(len(cal), dtype=np.float64)
     for k in range(REFIT_FOLDS):
         part = pd.concat([old, new[fold != k]])
+        part = _sample_rows(part, np.ones(len(part), dtype=bool), fold_rows, random_state + 4)
         model = candidate_pipeline(name, spec, params, random_state)
         model.fit(part[spec.columns], part[LABEL])
         held = cal_fold == k
@@ -548,17 +564,20 @@ def backtest(
             predictions are the fold at the last cutoff of ``frame`` (not fitted again).
         label_days: Days a label reads after its cutoff: a fold fits only on cutoffs whose
             label window ended by its cutoff (folds without such cutoffs are left out).
-        compare_newest: Also fit each fold without its newest matured cutoff
-            (``roc_auc_without_newest``): what learning from the newest labels gains.
+        compare_newest: Also fit the ``COMPARED_FOLDS`` most recent folds without their
+            newest matured cutoff (``roc_auc_without_newest``, NaN for the others): what
+            learning from the newest labels gains.
     """
     tests = [(c, frame) for c in np.unique(frame[SNAPSHOT].to_numpy())[1:]]
     if later is not None:
         tests += [(c, later) for c in np.unique(later[SNAPSHOT].to_numpy())]
     folds = []
     days = _cutoff_days(frame[SNAPSHOT])
+    scored = []  # the (cutoff, rows) of each fold, in order
     for cutoff, source in tests:
         if not _matured_before(days, int(_cutoff_days([cutoff])[0]), label_days).any():
             continue
+        scored.append((cutoff, source))
         past, test = _fold_rows(frame, source, cutoff, sample_rows, random_state, label_days)
         proba = search.fold_proba(cutoff, name, params, len(test)) if search else None
         if proba is None:
@@ -572,10 +591,16 @@ def backtest(
             "churn_rate": float(test[LABEL].mean()),
             **ranking_metrics(test[LABEL], proba, capacity),
         }
-        if compare_newest:
-            fold |= _without_newest(past, test, spec, name, params, random_state)
         folds.append(fold)
+    if compare_newest:  # the most recent folds: each costs one more fit
+        for fold, (cutoff, source) in list(zip(folds, scored, strict=True))[-COMPARED_FOLDS:]:
+            past, test = _fold_rows(frame, source, cutoff, sample_rows, random_state, label_days)
+            fold |= _without_newest(past, test, spec, name, params, random_state)
     return pd.DataFrame(folds)
+
+
+# Folds compared with and without their newest cutoff: the most recent ones.
+COMPARED_FOLDS = 3
 
 
 def _without_newest(

@@ -168,6 +168,7 @@ def churn_stage(config: Config, paths: RunPaths) -> ChurnOutcome:
             c.calibration_sample_rows,
             gap,
             latest,
+            c.search_sample_rows,
         )
 
     model = calibrated(spec, search.name, search.params)
