@@ -45,11 +45,14 @@ def test_auto_takes_every_cutoff_the_history_holds() -> None:
     )
     assert all(t - date(1997, 1, 1) >= timedelta(days=90) for t in plan.training)
     capped = plan_cutoffs(date(2030, 1, 1), 90, "auto", data_start=date(2000, 1, 1))
-    assert len(capped.training) == 6, "at most max_train_cutoffs"
+    assert len(capped.training) == 4, "at most max_train_cutoffs, the newest"
+    assert capped.training[-1] == capped.validation - timedelta(days=90)
 
 
 def test_a_short_step_gives_more_cutoffs_whose_labels_all_end_before_validation() -> None:
-    plan = plan_cutoffs(date(1998, 7, 1), 90, "auto", step_days=30, data_start=date(1997, 1, 1))
+    plan = plan_cutoffs(
+        date(1998, 7, 1), 90, "auto", step_days=30, data_start=date(1997, 1, 1), max_train_cutoffs=6
+    )
     assert len(plan.training) == 6
     assert all(t + timedelta(days=90) <= plan.validation for t in plan.training)
     assert plan.training[1] - plan.training[0] == timedelta(days=30)

@@ -56,7 +56,7 @@ def plan_cutoffs(
     label_days: int | None = None,
     data_start: date | None = None,
     min_history_days: int | None = None,
-    max_train_cutoffs: int = 6,
+    max_train_cutoffs: int = 4,
 ) -> CutoffPlan:
     """Return the cutoff plan that ends at ``scoring``, planned from the data's history.
 

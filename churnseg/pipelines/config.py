@@ -263,7 +263,10 @@ class SnapshotConfig(_Strict):
         "the history is too short for them.",
     )
     max_train_cutoffs: int = Field(
-        6, ge=1, description="auto: the most training cutoffs taken (more cost feature time)."
+        4,
+        ge=1,
+        description="auto: the most training cutoffs taken, newest first (each costs a feature "
+        "snapshot and a backtest fold).",
     )
     min_history_days: int | None = Field(
         None,
