@@ -252,6 +252,7 @@ def _matured_before(days: NDArray[np.int64], cutoff: int, label_days: int) -> ND
 
 # Share of customers held out to choose and calibrate on when there is one training cutoff.
 IN_TIME_SHARE = 0.3
+OUT_OF_TIME = "out of time: fit on earlier cutoffs, judged on the last"
 
 
 def held_out_rows(
@@ -275,7 +276,7 @@ def held_out_rows(
     is_last = days == last
     fit = _matured_before(days, last, label_days)
     if fit.any():
-        return fit, is_last, "out of time: fit on earlier cutoffs, judged on the last"
+        return fit, is_last, OUT_OF_TIME
     ids = frame[ID].to_numpy()[is_last]
     unique = np.unique(ids)
     chosen = np.random.default_rng(random_state).random(len(unique)) < IN_TIME_SHARE
@@ -309,6 +310,7 @@ class SearchResult:
     trials: list[dict[str, Any]]
     last_cutoff: Any = None
     last_proba: NDArray[np.float64] | None = field(default=None, repr=False)
+    split: str = OUT_OF_TIME  # how the trials were judged (``held_out_rows``)
 
     def fold_proba(
         self, cutoff: Any, name: str, params: dict[str, Any], rows: int
@@ -335,7 +337,7 @@ def time_aware_search(
     rows and is scored on a sample of as many held-out rows: on a million customers predicting
     the whole last cutoff for every trial cost more than the fits, for no better choice.
     """
-    fit_mask, test_mask, _ = held_out_rows(train, label_days, random_state)
+    fit_mask, test_mask, split = held_out_rows(train, label_days, random_state)
     cutoff = train[SNAPSHOT].to_numpy()[test_mask][0]
     fit_rows = _sample_rows(train, fit_mask, sample_rows, random_state)
     last = _sample_rows(train, test_mask, sample_rows, random_state + 1)
@@ -358,13 +360,14 @@ def time_aware_search(
     )
     best = trials[chosen]
     # Only an out-of-time split is the backtest's fold at the last cutoff.
-    out_of_time = bool((_cutoff_days(train[SNAPSHOT]) < _cutoff_days([cutoff])[0]).any())
+    out_of_time = split == OUT_OF_TIME
     return SearchResult(
         str(best["candidate"]),
         dict(best["params"]),
         trials,
         cutoff if out_of_time else None,
         predictions[chosen] if out_of_time else None,
+        split,
     )
 
 

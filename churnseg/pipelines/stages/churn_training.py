@@ -149,7 +149,6 @@ def churn_stage(config: Config, paths: RunPaths) -> ChurnOutcome:
     search = churn_model.time_aware_search(
         train, spec, c.candidates, c.search_sample_rows, c.random_state, gap
     )
-    _, _, split = churn_model.held_out_rows(train, gap, c.random_state)
 
     def calibrated(
         fit_spec: churn_model.FeatureSpec,
@@ -183,7 +182,8 @@ def churn_stage(config: Config, paths: RunPaths) -> ChurnOutcome:
     proba, metrics = judged(model)
     baseline_models: dict[str, Any] = {}
     baselines: dict[str, dict[str, float]] = {}
-    for baseline, baseline_spec in churn_model.baseline_specs(spec).items():
+    baseline_specs = churn_model.baseline_specs(spec)
+    for baseline, baseline_spec in baseline_specs.items():
         fitted = calibrated(baseline_spec, "logreg", churn_model.BASELINE_PARAMS)
         baseline_models[baseline] = fitted
         baselines[baseline] = judged(fitted)[1]
@@ -229,7 +229,7 @@ def churn_stage(config: Config, paths: RunPaths) -> ChurnOutcome:
             "churn_params": json.dumps(search.params),
             "churn_calibration": c.calibration,
             "churn_features": len(spec.columns),
-            "churn_selection_split": split,
+            "churn_selection_split": search.split,
             "churn_seasonality": season,
             "churn_features_dropped": len(dropped),
             "churn_calibration_chosen": model.method_,
@@ -237,7 +237,6 @@ def churn_stage(config: Config, paths: RunPaths) -> ChurnOutcome:
         }
     )
     mlflow.log_dict(model.losses_, "churn/calibration_log_loss.json")
-    calibration_chosen = model.method_
     mlflow.log_dict(dropped, "churn/dropped_features.json")
     mlflow.log_metrics(
         {
@@ -294,6 +293,8 @@ def churn_stage(config: Config, paths: RunPaths) -> ChurnOutcome:
     # model that did not see the validation cutoff.
     if c.refit_on_latest:
         model = calibrated(spec, search.name, search.params, validation)
+        # Chosen again on the refit's out-of-fold values: the calibration that scores.
+        mlflow.log_param("churn_calibration_scored", model.method_)
     # Registration last: everything above can fail without leaving a version behind.
     version = log_and_register(
         model, name, validation[spec.columns].head(100), churn_model.SKOPS_TYPES, proba[:100]
@@ -311,7 +312,7 @@ def churn_stage(config: Config, paths: RunPaths) -> ChurnOutcome:
         record_rejection(name, version, decision.reason, record, figures)
         if decision.winner is not None:
             chosen = baseline_models[decision.winner]
-            baseline_spec = churn_model.baseline_specs(spec)[decision.winner]
+            baseline_spec = baseline_specs[decision.winner]
             if c.refit_on_latest:
                 chosen = calibrated(
                     baseline_spec, "logreg", churn_model.BASELINE_PARAMS, validation
@@ -343,7 +344,7 @@ def churn_stage(config: Config, paths: RunPaths) -> ChurnOutcome:
         champion_kind=kind,
         segmentation_version=segmentation_version,
         dropped_features=dropped,
-        calibration=calibration_chosen,
+        calibration=model.method_,
     )
 
 
