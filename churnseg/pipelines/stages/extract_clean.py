@@ -201,7 +201,7 @@ def clean_stage(config: Config, paths: RunPaths) -> dict[str, TableQuality]:
         if name == "customers":
             customer_ids = con.read_parquet(clean_file).select("customer_id")
     stubs = _add_stub_customers(con, config, paths)
-    _write_seen(con, seen_parts, paths)
+    _write_seen(con, seen_parts, config, paths)
     _write_quarantine(con, records, paths.root / QUARANTINE_FILE)
     report = {
         name: profile_table(
@@ -218,24 +218,20 @@ def clean_stage(config: Config, paths: RunPaths) -> dict[str, TableQuality]:
     return report
 
 
-def _write_seen(con: DuckDBBackend, parts: list[Path], paths: RunPaths) -> None:
+def _write_seen(con: DuckDBBackend, parts: list[Path], config: Config, paths: RunPaths) -> None:
     """Write ``clean/seen.parquet``: ids quarantined rows show, with when they were first seen.
 
-    An id whose rows all had unusable times is first seen at the data's last clean activity,
-    so it is scored at the default cutoff without entering earlier (training) snapshots.
+    An id whose rows all had unusable times is first seen on the data's last day of clean
+    activity (``activity_range``), so it is scored at the default cutoff without entering
+    earlier (training) snapshots.
     """
     if not parts:
         return
     seen = ibis.union(*(con.read_parquet(p) for p in parts), distinct=False)
     seen = seen.group_by("customer_id").aggregate(first_ts=seen.first_ts.min())
-    lasts = []
-    for name, column in SEEN_AT.items():
-        clean = paths.clean / f"{name}.parquet"
-        if clean.exists():
-            lasts.append(con.read_parquet(clean)[column].cast("timestamp").max().execute())
-    known_last = [pd.Timestamp(v) for v in lasts if v is not None and not pd.isna(v)]
-    fallback = max(known_last).to_pydatetime() if known_last else None
-    if fallback is not None:
+    _, last = activity_range(config, paths)
+    if last is not None:
+        fallback = datetime.combine(last, datetime.min.time())
         seen = seen.mutate(first_ts=seen.first_ts.fill_null(ibis.literal(fallback)))
     con.to_parquet(seen.filter(seen.first_ts.notnull()), paths.clean / SEEN_FILE)
     for part in parts:
