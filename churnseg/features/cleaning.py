@@ -44,6 +44,9 @@ UNKNOWN_CUSTOMER = "unknown_customer"
 DUPLICATE_ROW = "duplicate_row"
 DUPLICATE_ORDER_LINE = "duplicate_order_line"
 MERGED_CUSTOMER = "merged_duplicate_customer"
+NULL_OWNER_ID = "null_owner_id"
+BAD_CAPACITY = "bad_capacity"
+SUPERSEDED_ASSIGNMENT = "superseded_assignment"
 # Given at extraction to CSV lines the reader could not split into fields.
 BAD_ENCODING = "bad_encoding"
 MALFORMED_LINE = "malformed_line"
@@ -64,6 +67,9 @@ REASONS: dict[str, str] = {
     DUPLICATE_ROW: "exact copy of an earlier clean row",
     DUPLICATE_ORDER_LINE: "order line repeating an earlier one (order, product, qty, amount)",
     MERGED_CUSTOMER: "older version of a customer; the latest row's attributes won",
+    NULL_OWNER_ID: "owner id null, blank or a placeholder (cleaning.missing_id_values)",
+    BAD_CAPACITY: "owner capacity missing, not a whole number, or negative",
+    SUPERSEDED_ASSIGNMENT: "older assignment of a customer; the latest (since, then row) won",
 }
 
 DEFAULT_MISSING_IDS = ("null", "none", "nan", "n/a", "na", "unknown", "-", "?")
@@ -143,6 +149,8 @@ _FOLDED = {
     "transactions": ("category", "channel"),
     "events": ("event_type",),
     "subscriptions": ("plan",),
+    "owners": ("regions", "industries"),
+    "contact_outcomes": ("channel", "outcome"),
 }
 
 
@@ -651,6 +659,72 @@ def clean_subscriptions(
     )
 
 
+def tag_owners(owners: ir.Table, customer_ids: ir.Table | None, rules: CleaningRules) -> ir.Table:
+    """Return conformed owners with ``reason``: missing id, bad capacity, exact copies.
+
+    An owner id that repeats with different values is kept twice here: which row is right
+    cannot be guessed, so ``check_unique_owners`` stops the run instead.
+    """
+    o = _fold(owners, "owners", rules)
+    checks = [
+        (_missing_id(o.owner_id, rules.missing_ids), NULL_OWNER_ID),
+        (o.capacity.isnull() | (o.capacity < 0), BAD_CAPACITY),
+    ]
+    return _tag(o, checks, [(_content(o), None, DUPLICATE_ROW)])
+
+
+def check_unique_owners(owners: ir.Table) -> None:
+    """Raise when clean owners repeat an id with different values.
+
+    Raises:
+        DataContractError: Naming the table, the column, the rows and a few of the ids.
+    """
+    counts = owners.group_by("owner_id").aggregate(rows=owners.count())
+    repeated = counts.filter(counts.rows > 1).execute()
+    if len(repeated):
+        shown = ", ".join(sorted(map(str, repeated.owner_id))[:5])
+        raise DataContractError(
+            f"table 'owners': column 'owner_id' repeats with different values in "
+            f"{int(repeated.rows.sum())} rows ({len(repeated)} ids, e.g. {shown}); each owner "
+            "must appear once, so the run stopped before allocating"
+        )
+
+
+def tag_assignments(
+    assignments: ir.Table, customer_ids: ir.Table | None, rules: CleaningRules
+) -> ir.Table:
+    """Return conformed CRM assignments with ``reason``: one row kept per customer.
+
+    The latest assignment of a customer wins (largest ``since``, then the row read last).
+    """
+    a = assignments
+    checks = [
+        (_missing_id(a.customer_id, rules.missing_ids), NULL_CUSTOMER_ID),
+        (_missing_id(a.owner_id, rules.missing_ids), NULL_OWNER_ID),
+        *_unknown(a, customer_ids, rules),
+    ]
+    latest = [a.since.desc(nulls_first=False), ibis.desc(a[ROW])]
+    return _tag(
+        a,
+        checks,
+        [(_content(a), None, DUPLICATE_ROW), ([a.customer_id], None, SUPERSEDED_ASSIGNMENT)],
+        order_by=latest,
+    )
+
+
+def tag_contact_outcomes(
+    contacts: ir.Table, customer_ids: ir.Table | None, rules: CleaningRules
+) -> ir.Table:
+    """Return conformed contact outcomes with ``reason`` (missing id, bad time, unknown)."""
+    c = _fold(contacts, "contact_outcomes", rules)
+    checks = [
+        (_missing_id(c.customer_id, rules.missing_ids), NULL_CUSTOMER_ID),
+        *_time_bounds(c.contacted_at, rules),
+        *_unknown(c, customer_ids, rules),
+    ]
+    return _tag(c, checks, [(_content(c), None, DUPLICATE_ROW)])
+
+
 def tag_table(
     name: str,
     table: ir.Table,
@@ -665,6 +739,9 @@ def tag_table(
         "transactions": tag_transactions,
         "events": tag_events,
         "subscriptions": tag_subscriptions,
+        "owners": tag_owners,
+        "assignments": tag_assignments,
+        "contact_outcomes": tag_contact_outcomes,
     }
     if name not in taggers:
         raise KeyError(f"no cleaning rules for table {name!r}; known: {sorted(CONTRACTS)}")

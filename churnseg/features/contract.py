@@ -10,7 +10,15 @@ from dataclasses import dataclass
 from typing import Literal
 
 ColumnKind = Literal["string", "timestamp", "date", "float", "int", "bool"]
-TableName = Literal["customers", "transactions", "events", "subscriptions"]
+TableName = Literal[
+    "customers",
+    "transactions",
+    "events",
+    "subscriptions",
+    "owners",
+    "assignments",
+    "contact_outcomes",
+]
 
 
 @dataclass(frozen=True)
@@ -55,6 +63,41 @@ SUBSCRIPTIONS = TableContract(
     optional={"end_date": "timestamp", "plan": "string", "recurring_revenue": "float"},
 )
 
+# Allocation: who looks after customers. Regions and industries an owner covers are text lists
+# separated by ";" or ","; seniority is a level (1 = junior); capacity counts accounts.
+OWNERS = TableContract(
+    name="owners",
+    required={"owner_id": "string", "capacity": "int"},
+    optional={
+        "name": "string",
+        "regions": "string",
+        "industries": "string",
+        "seniority": "int",
+        "active": "bool",
+    },
+)
+ASSIGNMENTS = TableContract(
+    name="assignments",
+    required={"customer_id": "string", "owner_id": "string"},
+    optional={"since": "timestamp"},
+)
+CONTACT_OUTCOMES = TableContract(
+    name="contact_outcomes",
+    required={"customer_id": "string", "contacted_at": "timestamp"},
+    optional={"owner_id": "string", "channel": "string", "outcome": "string"},
+)
+
 CONTRACTS: dict[str, TableContract] = {
-    c.name: c for c in (CUSTOMERS, TRANSACTIONS, EVENTS, SUBSCRIPTIONS)
+    c.name: c
+    for c in (
+        CUSTOMERS,
+        TRANSACTIONS,
+        EVENTS,
+        SUBSCRIPTIONS,
+        OWNERS,
+        ASSIGNMENTS,
+        CONTACT_OUTCOMES,
+    )
 }
+# Tables that describe customers' behaviour (features, labels); the others serve allocation.
+MODEL_TABLES = ("customers", "transactions", "events", "subscriptions")

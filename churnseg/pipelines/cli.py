@@ -63,8 +63,9 @@ def _exit_code(exc: BaseException) -> int:
     from churnseg.pipelines.publish import PublishError
     from churnseg.pipelines.sources import SourceError
     from churnseg.pipelines.stages import DataQualityError
+    from churnseg.pipelines.stages.allocating import AllocationUnavailableError
 
-    if isinstance(exc, ConfigError | UsageError):
+    if isinstance(exc, ConfigError | UsageError | AllocationUnavailableError):
         return 2
     if isinstance(exc, DataContractError | DataQualityError | SourceError | MonitorError):
         return 3
@@ -251,6 +252,8 @@ def _print_summary(summary: dict[str, Any]) -> None:
             f"{summary['customers_known']:,} known, {summary['rows_scored']:,} scored, "
             f"{summary['customers_at_risk']:,} at risk (the rest have churned already)",
         )
+    if "allocation" in summary:
+        _allocation_rows(table, summary["allocation"])
     table.add_row("rows published", f"{summary['rows_published']:,}")
     table.add_row("output table", summary["table"])
     if summary.get("resumed_stages"):  # a re-run after a failure: say what it did not redo
@@ -259,6 +262,31 @@ def _print_summary(summary: dict[str, Any]) -> None:
         table.add_row("MLflow store", summary["mlflow_tracking_uri"])
         table.add_row("MLflow run", summary["mlflow_run_id"])
     console.print(table)
+
+
+def _allocation_rows(table: Table, allocation: dict[str, Any]) -> None:
+    """Add the allocation's figures to a summary table."""
+    table.add_row(
+        "allocation",
+        f"{allocation['customers']:,} customers, {allocation['unassigned']:,} without an owner "
+        f"(no capacity); current owners from {allocation['current_from']}",
+    )
+    table.add_row(
+        "  moves",
+        f"{allocation['moves_for_rules']:,} for broken rules (budget {allocation['budget']:,}), "
+        f"{allocation['forced_moves']:,} forced (owner gone or full)",
+    )
+    shares = [
+        f"{label} {allocation[key]:.1%}"
+        for key, label in (
+            ("region_match_share", "region matched"),
+            ("industry_match_share", "industry matched"),
+            ("a_tier_top_seniority_share", "A tier with a senior owner"),
+        )
+        if allocation.get(key) == allocation.get(key)  # NaN: nobody to measure
+    ]
+    if shares:
+        table.add_row("  match", ", ".join(shares))
 
 
 def _kept_flags(quality: dict[str, Any]) -> str:
@@ -380,6 +408,32 @@ def score(config: ConfigOption = None) -> None:
     Example: churnseg score -c configs/default.yaml
     """
     _run_flow("score", config)
+
+
+@app.command()
+def assign(config: ConfigOption = None) -> None:
+    """Allocate the newest published snapshot's customers to owners and publish it.
+
+    Reads the owners (and the CRM's assignments) from the sources; scores are not recomputed.
+    Cost model, stability rules and output tables: docs/allocation.md.
+
+    Example: churnseg assign -c configs/default.yaml
+    """
+    _load(config)
+    from churnseg.pipelines import flows
+
+    try:
+        with _quiet_prefect_console(), _progress_bars():
+            summary = flows.assign_flow(config_path=str(config) if config else None)
+    except Exception as exc:
+        _fail(exc)
+    table = Table(title="churnseg assign", show_header=False)
+    table.add_row("snapshot", str(summary["snapshot"]))
+    _allocation_rows(table, summary["allocation"])
+    table.add_row("rows published", f"{summary['rows_published']:,}")
+    table.add_row("output table", summary["table"])
+    table.add_row("MLflow run", summary["mlflow_run_id"])
+    console.print(table)
 
 
 @app.command()

@@ -27,7 +27,7 @@ from pydantic import (
     model_validator,
 )
 
-from churnseg.features.contract import CONTRACTS
+from churnseg.features.contract import CONTRACTS, MODEL_TABLES
 from churnseg.features.settings import FeatureConfig
 
 ENV_PREFIX = "CHURNSEG__"
@@ -667,6 +667,74 @@ class EngineConfig(_Strict):
         return settings
 
 
+class AllocationWeightsConfig(_Strict):
+    """The parts of the cost of placing one customer with one owner (docs/allocation.md)."""
+
+    region: float = Field(10.0, ge=0.0, description="The owner does not cover the region.")
+    industry: float = Field(5.0, ge=0.0, description="The owner does not cover the industry.")
+    seniority: float = Field(
+        3.0, ge=0.0, description="Per seniority level the owner lacks for the value tier."
+    )
+    move: float = Field(
+        4.0, ge=0.0, description="Moving a customer away from its active current owner."
+    )
+    unassigned: float = Field(
+        1000.0,
+        gt=0.0,
+        description="No owner for a customer (times 1 + its priority bucket); must exceed the "
+        "worst placement.",
+    )
+
+
+def _default_tier_seniority() -> dict[Literal["A", "B", "C"], int]:
+    return {"A": 3, "B": 2, "C": 1}
+
+
+class AllocationConfig(_Strict):
+    """Account allocation: every customer to an owner (``churnseg assign``, docs/allocation.md).
+
+    Needs ``sources.owners``; ``sources.assignments`` (the CRM's current owners) is optional:
+    without it the previous published allocation is the current one.
+    """
+
+    enabled: bool = Field(
+        False, description="The score flow allocates and publishes with the scores."
+    )
+    region_column: str | None = Field(
+        "region", description="Customers attribute holding the region; null: none."
+    )
+    industry_column: str | None = Field(
+        "industry", description="Customers attribute holding the industry; null: none."
+    )
+    weights: AllocationWeightsConfig = AllocationWeightsConfig()
+    tier_seniority: dict[Literal["A", "B", "C"], int] = Field(
+        default_factory=_default_tier_seniority,
+        description="Least owner seniority level each value tier should get.",
+    )
+    priority_buckets: int = Field(
+        4, ge=1, le=20, description="Value-at-risk quantile buckets; higher is placed first."
+    )
+    max_moves_share: float = Field(
+        0.05,
+        ge=0.0,
+        le=1.0,
+        description="Largest share of customers moved away from an active owner per run for a "
+        "broken rule (moves forced by an owner leaving or by capacity are always made).",
+    )
+    owner_role_prefix: str = Field(
+        "owner_",
+        pattern=r"^[a-z_][a-z0-9_]{0,30}$",
+        description="PostgreSQL: the database role of owner X is <prefix>X; row-level security "
+        "shows each such role only its own rows.",
+    )
+    reader_role: str | None = Field(
+        None,
+        pattern=r"^[a-z_][a-z0-9_]{0,47}$",
+        description="PostgreSQL: a role (e.g. the group of owner roles) granted SELECT on the "
+        "allocation tables and view at every publish; null: grants are left to the DBA.",
+    )
+
+
 def missing_for_label(features: FeatureConfig, tables: set[str]) -> str | None:
     """Return what the label mode needs that ``tables`` lack (None when they suffice).
 
@@ -696,6 +764,10 @@ def missing_for_label(features: FeatureConfig, tables: set[str]) -> str | None:
     return None
 
 
+# The tables the bundled sample has (contact outcomes are the users' own feedback).
+SAMPLE_TABLES = (*MODEL_TABLES, "owners", "assignments")
+
+
 class Config(_Strict):
     """The whole run configuration."""
 
@@ -713,6 +785,7 @@ class Config(_Strict):
     monitoring: MonitoringConfig = MonitoringConfig()
     scoring: ScoringConfig = ScoringConfig()
     engine: EngineConfig = EngineConfig()
+    allocation: AllocationConfig = AllocationConfig()
 
     @model_validator(mode="before")
     @classmethod
@@ -729,7 +802,7 @@ class Config(_Strict):
             return {**data, "sample": {"enabled": False}}
         enabled = not isinstance(sample, dict) or sample.get("enabled", True)
         if enabled and not data.get("sources"):
-            sources = {t: {"path": f"{{state_dir}}/sample/{t}.parquet"} for t in CONTRACTS}
+            sources = {t: {"path": f"{{state_dir}}/sample/{t}.parquet"} for t in SAMPLE_TABLES}
             data = {**data, "sources": sources}
         return data
 
@@ -747,6 +820,11 @@ class Config(_Strict):
         missing = missing_for_label(self.features, set(self.sources))
         if missing:
             raise ValueError(missing)
+        if self.allocation.enabled and "owners" not in self.sources:
+            raise ValueError(
+                "allocation.enabled needs sources.owners (owner_id, capacity, regions, "
+                "industries, seniority, active); see docs/allocation.md"
+            )
         return self
 
     def resolve(self, text: str) -> str:

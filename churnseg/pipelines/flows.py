@@ -195,7 +195,13 @@ def score_flow(
         if runner.reused:
             mlflow.set_tag(RESUMED_STAGES_TAG, ",".join(runner.reused))
         entry.snapshot_date = latest_snapshot(paths.scores)
-        published = tasks.publish(config, paths.scores)
+        allocation = None
+        if config.allocation.enabled:
+            allocation = tasks.allocate(config, paths, paths.scores, run.info.run_id)
+            summary["allocation"] = allocation.summary()
+        published = tasks.publish(
+            config, paths.scores, allocation.files if allocation is not None else None
+        )
         entry.rows_published = published
         mlflow.log_metric("rows_published", published)
     summary.update(
@@ -357,6 +363,70 @@ def _tag_resumed(runner: StageRunner, earlier: list[str]) -> None:
         mlflow.set_tags(
             {RESUMED_STAGES_TAG: ",".join(runner.reused), RESUMED_FROM_TAG: ",".join(earlier)}
         )
+
+
+ASSIGN_TABLES = ("customers", "owners", "assignments")
+
+
+@flow(name="assign")
+def assign_flow(config_path: str | None = None) -> dict[str, Any]:
+    """Re-allocate the newest published snapshot's customers to owners, without re-scoring.
+
+    Reads the owners (and the CRM's assignments, and the customers' region and industry) from
+    the sources and the newest scores from the output database; publishes ``customer_assignments``
+    and ``owner_workload`` for that snapshot in one transaction. For when owners change during
+    the week (someone leaves, capacities move); the score flow allocates on its own when
+    ``allocation.enabled``.
+
+    Returns:
+        A summary: the snapshot, customers allocated and left without an owner, moves, match
+        shares, rows published, the MLflow run id and the run folder.
+
+    Raises:
+        AllocationUnavailableError: No ``sources.owners``, or nothing published to allocate yet.
+    """
+    from churnseg.pipelines.publish import qualified, read_table
+    from churnseg.pipelines.stages.allocating import AllocationUnavailableError
+
+    config = load_config(config_path)
+    if "owners" not in config.sources:
+        raise AllocationUnavailableError(
+            "churnseg assign needs sources.owners in the config (docs/allocation.md)"
+        )
+    stages.configure_mlflow(config)
+    target = target_from_config(config)
+    latest = read_table(target, f"SELECT * FROM {qualified(target, target.names.latest_view)}")
+    if latest.empty:
+        raise AllocationUnavailableError(
+            f"no published scores at {target.describe(target.names.latest_view)}; run "
+            "`churnseg run` or `churnseg score` first"
+        )
+    # Only what allocation reads: customers' region and industry, owners, assignments.
+    sources = {t: s for t, s in config.sources.items() if t in ASSIGN_TABLES}
+    narrow = config.model_copy(update={"sources": sources})
+    paths = stages.run_paths(config, _run_key())
+    with (
+        mlflow.start_run(run_name="assign") as run,
+        run_log(target, run.info.run_id, "assign", paths.root / QUARANTINE_FILE) as entry,
+    ):
+        mlflow.set_tags({"churnseg.flow": "assign", "churnseg.run_folder": str(paths.root)})
+        rows_read = tasks.extract(narrow, paths)
+        entry.rows_read = sum(rows_read.values())
+        quality = tasks.clean(narrow, paths)
+        entry.rows_quarantined = sum(q.quarantined for q in quality.values())
+        scores_file = paths.root / "published_scores.parquet"
+        latest.to_parquet(scores_file, index=False)
+        entry.snapshot_date = latest_snapshot(scores_file)
+        outcome = tasks.allocate(narrow, paths, scores_file, run.info.run_id)
+        entry.rows_published = tasks.publish_assignments(narrow, outcome.files)
+    return {
+        "snapshot": entry.snapshot_date.isoformat() if entry.snapshot_date else None,
+        "allocation": outcome.summary(),
+        "rows_published": entry.rows_published,
+        "table": target.describe(target.names.customer_assignments),
+        "mlflow_run_id": run.info.run_id,
+        "run_folder": str(paths.root),
+    }
 
 
 @flow(name="monitor")

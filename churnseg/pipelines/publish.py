@@ -25,11 +25,13 @@ import pyarrow.parquet as pq
 
 from churnseg.pipelines import progress as reporting
 from churnseg.pipelines.config import PUBLISH_SCHEMES
-from churnseg.pipelines.sinks.base import Progress, Retention, Sink
+from churnseg.pipelines.sinks.base import Progress, Replacement, Retention, Sink
 from churnseg.pipelines.sinks.errors import PublishError, scrub
 from churnseg.pipelines.sinks.schema import (
+    CUSTOMER_ASSIGNMENTS,
     CUSTOMER_SCORES,
     DATA_QUARANTINE,
+    OWNER_WORKLOAD,
     PIPELINE_RUNS,
     SEGMENT_PROFILES,
     OutputNames,
@@ -41,17 +43,22 @@ from churnseg.pipelines.sinks.schema import (
 )
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from churnseg.pipelines.config import Config
 
 __all__ = [
+    "AllocationFiles",
     "PublishError",
     "PublishTarget",
     "RunRecord",
     "ensure_schema",
     "latest_snapshot",
+    "publish_allocation",
     "publish_quarantine",
     "publish_scores",
     "publish_segment_profiles",
+    "read_table",
     "record_run",
     "run_log",
     "target_from_config",
@@ -213,51 +220,75 @@ def _batches(
         first_row += batch.num_rows
 
 
+@dataclass(frozen=True)
+class ParquetPart:
+    """A Parquet file whose partitions replace those of one table, and the retention after."""
+
+    path: Path
+    spec: TableSpec
+    retention: Retention | None = None
+    constants: Mapping[str, Any] = field(default_factory=dict)
+
+
 def _replace_from_parquet(
-    path: Path,
-    target: PublishTarget,
-    spec: TableSpec,
-    retention: Retention,
-    progress: Progress | None = None,
-    constants: Mapping[str, Any] | None = None,
-) -> int:
-    """Replace the partitions found in ``path`` in ``spec``'s table; return rows written."""
-    constants = dict(constants or {})
-    table = target.names.table(spec)
-    with _reported(target, f"publishing {path.name} to table {table!r}"):
-        parquet = pq.ParquetFile(path)
-        missing = missing_columns(spec, [*parquet.schema_arrow.names, *constants])
-        if missing:
-            raise PublishError(
-                f"{path.name} ({parquet.metadata.num_rows} rows) lacks required column(s) "
-                f"{missing} of table {spec.key}"
+    parts: list[ParquetPart], target: PublishTarget, progress: Progress | None = None
+) -> list[int]:
+    """Replace the partitions found in each part's file in its table, all in one transaction.
+
+    Returns:
+        Rows written per part.
+    """
+    tables = ", ".join(repr(target.names.table(p.spec)) for p in parts)
+    names = ", ".join(p.path.name for p in parts)
+    with _reported(target, f"publishing {names} to table {tables}"):
+        replacements = []
+        total = 0
+        for part in parts:
+            parquet = pq.ParquetFile(part.path)
+            missing = missing_columns(part.spec, [*parquet.schema_arrow.names, *part.constants])
+            if missing:
+                raise PublishError(
+                    f"{part.path.name} ({parquet.metadata.num_rows} rows) lacks required "
+                    f"column(s) {missing} of table {part.spec.key}"
+                )
+            keys = _partition_keys(part.path, part.spec)
+            batches = _batches(
+                parquet, part.spec, part.path.name, target.chunk_rows, part.constants
             )
-        keys = _partition_keys(path, spec)
+            replacements.append(Replacement(part.spec, keys, batches, part.retention))
+            total += parquet.metadata.num_rows
         with (
             open_sink(target) as sink,
-            reporting.stage(f"publishing {table}", parquet.metadata.num_rows) as step,
+            reporting.stage(f"publishing {tables}", total) as step,
         ):
             sink.ensure_schema()
-            batches = _batches(parquet, spec, path.name, target.chunk_rows, constants)
+            done = [0]
 
             def report(written: int) -> None:
-                step.update(written)  # the installed reporter (CLI bar), then the caller's
+                # Each table counts from 0; the bar shows the sum over the tables so far.
+                step.update(done[0] + written)
                 if progress is not None:
-                    progress(written)
+                    progress(done[0] + written)
 
-            written = sink.replace(spec, keys, batches, retention, report)
-    log.info(
-        "published %d rows (%s %s) to %s",
-        written,
-        spec.partition,
-        ", ".join(map(str, keys.to_pylist())),
-        target.describe(table),
-    )
-    return written
+            counts = []
+            for count in sink.replace_all(replacements, report):
+                counts.append(count)
+            done[0] = sum(counts)
+    for part, written in zip(parts, counts, strict=True):
+        log.info(
+            "published %d rows of %s to %s",
+            written,
+            part.path.name,
+            target.describe(target.names.table(part.spec)),
+        )
+    return counts
 
 
 def publish_scores(
-    scores_path: Path, target: PublishTarget, progress: Progress | None = None
+    scores_path: Path,
+    target: PublishTarget,
+    progress: Progress | None = None,
+    allocation: AllocationFiles | None = None,
 ) -> int:
     """Replace the snapshot(s) in a scores Parquet file in ``customer_scores``; return rows.
 
@@ -269,13 +300,18 @@ def publish_scores(
             absent: they are published as nulls).
         target: Where to publish.
         progress: Called with the rows written so far after each batch.
+        allocation: The snapshot's allocation, published in the same transaction (readers
+            never see scores of one allocation beside assignments of another).
 
     Raises:
         PublishError: The file lacks a column or holds bad values, or the database refused the
             data; the database is unchanged.
     """
     retention = Retention(target.keep_snapshots)
-    return _replace_from_parquet(scores_path, target, CUSTOMER_SCORES, retention, progress)
+    parts = [ParquetPart(scores_path, CUSTOMER_SCORES, retention)]
+    if allocation is not None:
+        parts += allocation_parts(allocation, target)
+    return _replace_from_parquet(parts, target, progress)[0]
 
 
 def publish_segment_profiles(profiles_path: Path, target: PublishTarget) -> int:
@@ -289,7 +325,9 @@ def publish_segment_profiles(profiles_path: Path, target: PublishTarget) -> int:
         PublishError: As ``publish_scores``.
     """
     retention = Retention(target.keep_snapshots)
-    return _replace_from_parquet(profiles_path, target, SEGMENT_PROFILES, retention)
+    return _replace_from_parquet([ParquetPart(profiles_path, SEGMENT_PROFILES, retention)], target)[
+        0
+    ]
 
 
 def publish_quarantine(quarantine_path: Path, target: PublishTarget) -> int:
@@ -303,9 +341,70 @@ def publish_quarantine(quarantine_path: Path, target: PublishTarget) -> int:
     """
     retention = Retention(target.keep_quarantine_runs, newest_by="published_at")
     now = datetime.now(UTC).replace(microsecond=0)
-    return _replace_from_parquet(
-        quarantine_path, target, DATA_QUARANTINE, retention, constants={"published_at": now}
-    )
+    part = ParquetPart(quarantine_path, DATA_QUARANTINE, retention, {"published_at": now})
+    return _replace_from_parquet([part], target)[0]
+
+
+@dataclass(frozen=True)
+class AllocationFiles:
+    """One snapshot's allocation in the run folder, and how owners' rows are protected.
+
+    Attributes:
+        assignments: ``customer_assignments`` rows (one per customer).
+        workload: ``owner_workload`` rows (one per owner).
+        role_prefix: PostgreSQL: owner X reads its rows as role ``<role_prefix>X``.
+        reader_role: PostgreSQL: role granted SELECT on the allocation objects (None: none).
+    """
+
+    assignments: Path
+    workload: Path
+    role_prefix: str = "owner_"
+    reader_role: str | None = None
+
+
+def allocation_parts(files: AllocationFiles, target: PublishTarget) -> list[ParquetPart]:
+    """Return the allocation files as publish parts, after securing owners' rows."""
+    with open_sink(target) as sink, _reported(target, "securing the allocation tables"):
+        sink.ensure_schema()
+        sink.secure_owner_rows(files.role_prefix, files.reader_role)
+    retention = Retention(target.keep_snapshots)
+    return [
+        ParquetPart(files.assignments, CUSTOMER_ASSIGNMENTS, retention),
+        ParquetPart(files.workload, OWNER_WORKLOAD, retention),
+    ]
+
+
+def publish_allocation(files: AllocationFiles, target: PublishTarget) -> int:
+    """Replace one snapshot's allocation (both tables, one transaction); return assignments.
+
+    Raises:
+        PublishError: As ``publish_scores``.
+    """
+    return _replace_from_parquet(allocation_parts(files, target), target)[0]
+
+
+def read_table(target: PublishTarget, sql: str, params: tuple[Any, ...] = ()) -> pd.DataFrame:
+    """Return the rows of a read-only query on the output database as a frame.
+
+    ``sql`` uses ``?`` placeholders and names tables through ``target.names``; it must not
+    write. Used to read the previous allocation and the latest scores back.
+
+    Raises:
+        PublishError: The database cannot be reached or the query fails.
+    """
+    import pandas as pd
+
+    with open_sink(target) as sink, _reported(target, "reading the output database"):
+        sink.ensure_schema()
+        rows, columns = sink.query(sql, params)
+    return pd.DataFrame(rows, columns=columns)
+
+
+def qualified(target: PublishTarget, name: str) -> str:
+    """Return an output table's quoted name, with the schema on PostgreSQL."""
+    from churnseg.pipelines.sinks.schema import quote
+
+    return f"{quote(target.db_schema)}.{quote(name)}" if target.db_schema else quote(name)
 
 
 def latest_snapshot(scores_path: Path) -> date | None:

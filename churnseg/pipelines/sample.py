@@ -51,10 +51,24 @@ RATE_PERIOD = 30 * DAY  # purchase and event rates are per 30 days
 AVG_MONTH = 30.4375 * DAY
 _EPOCH = datetime(1970, 1, 1)
 
-TABLES = ("customers", "transactions", "events", "subscriptions", "ground_truth")
+TABLES = (
+    "customers",
+    "transactions",
+    "events",
+    "subscriptions",
+    "owners",
+    "assignments",
+    "ground_truth",
+)
 
 REGIONS = ("north", "south", "east", "west", "central")
 REGION_WEIGHTS = (0.22, 0.24, 0.18, 0.20, 0.16)
+INDUSTRIES = ("retail", "manufacturing", "services", "healthcare", "public", "technology")
+INDUSTRY_WEIGHTS = (0.25, 0.20, 0.20, 0.12, 0.08, 0.15)
+# One owner per this many customers; their capacity leaves ~10% room in all.
+CUSTOMERS_PER_OWNER = 150
+_OWNER_NAMES = ("Ana", "Ben", "Chloe", "Dev", "Eli", "Fatima", "Goran", "Hana", "Ivo", "Jun")
+_OWNER_SURNAMES = ("Okafor", "Meyer", "Santos", "Kowalski", "Nakamura", "Haddad", "Brown")
 ACQUISITION_CHANNELS = ("organic", "paid_search", "social", "referral", "partner")
 CATEGORIES = ("grocery", "electronics", "fashion", "home", "beauty", "sports", "toys", "books")
 CHANNELS = ("web", "app", "store")
@@ -1103,6 +1117,7 @@ def _customers_table(spec: SampleSpec, customers: _Columns) -> pa.Table:
             "customer_id": _customer_ids(spec, customers["customer"]),
             "signup_date": _timestamps(customers["signup"]),
             "region": _labels(spellings, customers["region"]),
+            "industry": _labels(INDUSTRIES, customers["industry"]),
             "acquisition_channel": _labels(ACQUISITION_CHANNELS, customers["acquisition"]),
             "is_key_account": pa.array(customers["key_account"], type=pa.bool_()),
             "churn_date": pa.nulls(n, type=pa.timestamp("us")),
@@ -1119,6 +1134,71 @@ def _subscriptions_table(spec: SampleSpec, sim: _Simulation) -> pa.Table:
             "end_date": _timestamps(sim.sub_end, valid=sim.sub_end >= 0),
             "plan": _labels(PLANS, sim.sub_plan),
             "recurring_revenue": pa.array(prices[sim.sub_plan], type=pa.float64()),
+        }
+    )
+
+
+def _owner_ids(count: int) -> list[str]:
+    return [f"OWN-{i:03d}" for i in range(1, count + 1)]
+
+
+def _owners_table(spec: SampleSpec, rng: np.random.Generator) -> pa.Table:
+    """Return the account owners: regions and industries they cover, seniority, capacity.
+
+    The last owner has left (``active`` false) but still holds customers in the CRM, so the
+    default run shows forced moves.
+    """
+    count = max(3, spec.customers // CUSTOMERS_PER_OWNER)
+    regions = [
+        ";".join(sorted(rng.choice(REGIONS, size=rng.integers(1, 3), replace=False)))
+        for _ in range(count)
+    ]
+    industries = [
+        ";".join(sorted(rng.choice(INDUSTRIES, size=rng.integers(2, 4), replace=False)))
+        for _ in range(count)
+    ]
+    capacity = np.ceil(1.1 * spec.customers / count * rng.uniform(0.8, 1.2, size=count))
+    names = [
+        f"{_OWNER_NAMES[i % len(_OWNER_NAMES)]} {_OWNER_SURNAMES[i % len(_OWNER_SURNAMES)]}"
+        for i in range(count)
+    ]
+    active = np.ones(count, dtype=bool)
+    active[-1] = False
+    return pa.table(
+        {
+            "owner_id": _owner_ids(count),
+            "name": names,
+            "regions": regions,
+            "industries": industries,
+            "seniority": pa.array(rng.choice([1, 2, 3], size=count, p=[0.5, 0.3, 0.2])),
+            "capacity": pa.array(capacity.astype(np.int64)),
+            "active": pa.array(active),
+        }
+    )
+
+
+def _assignments_table(
+    spec: SampleSpec, pop: _Population, owners: pa.Table, rng: np.random.Generator
+) -> pa.Table:
+    """Return the CRM's current owners: most in the customer's region, some anywhere, some none.
+
+    About 8% of customers are new (no owner yet); 10% sit with an owner outside their region.
+    """
+    ids = owners.column("owner_id").to_pylist()
+    covers = [set(r.split(";")) for r in owners.column("regions").to_pylist()]
+    by_region = [
+        [i for i, c in enumerate(covers) if r in c] or list(range(len(ids))) for r in REGIONS
+    ]
+    choice = np.array([by_region[r][rng.integers(len(by_region[r]))] for r in pop.region])
+    stray = rng.random(pop.n) < 0.10
+    choice[stray] = rng.integers(0, len(ids), size=int(stray.sum()))
+    assigned = np.flatnonzero(rng.random(pop.n) >= 0.08)
+    since = pop.signup[assigned] + (30 * DAY)
+    return pa.table(
+        {
+            "customer_id": _customer_ids(spec, assigned),
+            "owner_id": pa.array(np.array(ids, dtype=object)[choice[assigned]], type=pa.string()),
+            "since": _timestamps(since),
         }
     )
 
@@ -1144,7 +1224,8 @@ def _iter_tables(
 
     Tables are built one at a time so that a writer can release each before the next is built.
     """
-    streams = [np.random.default_rng(s) for s in np.random.SeedSequence(spec.seed).spawn(6)]
+    # Streams 6-8 were added later; spawning more children leaves the first six unchanged.
+    streams = [np.random.default_rng(s) for s in np.random.SeedSequence(spec.seed).spawn(9)]
     pop = _make_population(spec, streams[0])
     sim = _simulate(spec, pop, streams[1])
 
@@ -1154,6 +1235,9 @@ def _iter_tables(
         "region": pop.region.astype(np.int8),
         "acquisition": pop.acquisition.astype(np.int8),
         "key_account": pop.key_account.copy(),
+        "industry": _categorical(
+            streams[6], np.zeros(pop.n, np.int64), np.array([INDUSTRY_WEIGHTS])
+        ).astype(np.int8),
     }
     customers, dirty["customers"] = _dirty_customers(spec, customers, streams[2])
     yield "customers", _customers_table(spec, customers)
@@ -1183,6 +1267,9 @@ def _iter_tables(
     del table
 
     yield "subscriptions", _subscriptions_table(spec, sim)
+    owners = _owners_table(spec, streams[7])
+    yield "owners", owners
+    yield "assignments", _assignments_table(spec, pop, owners, streams[8])
     yield "ground_truth", _ground_truth_table(spec, pop, sim)
 
 

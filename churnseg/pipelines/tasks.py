@@ -14,12 +14,15 @@ from churnseg.features.snapshots import CutoffPlan
 from churnseg.pipelines import stages
 from churnseg.pipelines.config import Config
 from churnseg.pipelines.publish import (
+    AllocationFiles,
+    publish_allocation,
     publish_scores,
     publish_segment_profiles,
     target_from_config,
 )
 from churnseg.pipelines.quality import TableQuality
 from churnseg.pipelines.stages import RunPaths
+from churnseg.pipelines.stages.allocating import AllocationOutcome, allocation_stage
 
 if TYPE_CHECKING:
     from churnseg.pipelines.monitor import MonitorOutcome, Reference
@@ -155,9 +158,28 @@ def score_partition(
     retry_condition_fn=retry_on_transient,
     timeout_seconds=TIMEOUT_IO,
 )
-def publish(config: Config, scores_path: Path) -> int:
-    """Publish a scores file to the customer scores table in one transaction."""
-    return publish_scores(scores_path, target_from_config(config))
+def publish(config: Config, scores_path: Path, allocation: AllocationFiles | None = None) -> int:
+    """Publish a scores file (and its allocation) in one transaction."""
+    return publish_scores(scores_path, target_from_config(config), allocation=allocation)
+
+
+@task(name="allocate", cache_policy=NONE, timeout_seconds=TIMEOUT_COMPUTE)
+def allocate(config: Config, paths: RunPaths, scores_path: Path, run_id: str) -> AllocationOutcome:
+    """Allocate the scored customers to owners; write the allocation files."""
+    return allocation_stage(config, paths, scores_path, target_from_config(config), run_id)
+
+
+@task(
+    name="publish-allocation",
+    cache_policy=NONE,
+    retries=IO_RETRIES,
+    retry_delay_seconds=IO_RETRY_DELAYS,
+    retry_condition_fn=retry_on_transient,
+    timeout_seconds=TIMEOUT_IO,
+)
+def publish_assignments(config: Config, files: AllocationFiles) -> int:
+    """Publish an allocation alone (both tables, one transaction)."""
+    return publish_allocation(files, target_from_config(config))
 
 
 @task(

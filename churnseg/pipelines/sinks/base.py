@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -65,6 +65,16 @@ def apply_retention(
     )
 
 
+@dataclass(frozen=True)
+class Replacement:
+    """The partitions ``keys`` of ``spec``'s table, replaced by ``batches``."""
+
+    spec: TableSpec
+    keys: pa.Array
+    batches: Iterable[pa.RecordBatch]
+    retention: Retention | None = None
+
+
 class Sink(Protocol):
     """An open connection to one output database.
 
@@ -86,8 +96,22 @@ class Sink(Protocol):
         """Replace the partitions ``keys`` of ``spec``'s table by ``batches``; return rows."""
         ...
 
+    def replace_all(
+        self, replacements: Sequence[Replacement], progress: Progress | None
+    ) -> list[int]:
+        """Make several replacements in one transaction; return rows written per replacement."""
+        ...
+
     def upsert(self, spec: TableSpec, batch: pa.RecordBatch) -> None:
         """Insert the rows of ``batch``, replacing rows with the same primary key."""
+        ...
+
+    def query(self, sql: str, params: tuple[Any, ...] = ()) -> tuple[list[Any], list[str]]:
+        """Return the rows and column names of a read-only query (``?`` placeholders)."""
+        ...
+
+    def secure_owner_rows(self, role_prefix: str, reader_role: str | None) -> None:
+        """Let each owner's database role read only its own allocation rows (PostgreSQL)."""
         ...
 
     def close(self) -> None:

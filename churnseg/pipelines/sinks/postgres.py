@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import hashlib
 import io
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from churnseg.pipelines.sinks.base import Progress, Retention, apply_retention
+from churnseg.pipelines.sinks.base import Progress, Replacement, Retention, apply_retention
 from churnseg.pipelines.sinks.schema import (
+    OWNER_TABLES,
     SCHEMA_VERSION,
     VERSION_TABLE,
     Dialect,
@@ -45,6 +46,7 @@ POSTGRES_TYPES = {
 STAGE_TABLE = "churnseg_stage"
 # Every value quoted, nulls left bare: COPY then tells an empty string from a null.
 CSV_OPTIONS = pacsv.WriteOptions(include_header=False, quoting_style="all_valid")
+POLICY_NAME = "churnseg_owner_rows"
 URL_SCHEMES = ("postgresql+psycopg://", "postgres://")
 
 
@@ -84,6 +86,9 @@ class PostgresSink:
         self.dialect = Dialect("postgresql", POSTGRES_TYPES, self.db_schema)
         self._lock_timeout_ms = int(lock_timeout * 1000)
         self._con: psycopg.Connection[Any] = psycopg.connect(**params, autocommit=True)
+        # PostgreSQL 15+ views can check the reader's rights (row-level security included).
+        invoker = self._con.info.server_version >= 150000
+        self.dialect = Dialect("postgresql", POSTGRES_TYPES, self.db_schema, invoker)
 
     def close(self) -> None:
         """Close the connection; an open transaction is rolled back."""
@@ -144,36 +149,68 @@ class PostgresSink:
         progress: Progress | None = None,
     ) -> int:
         """Stage ``batches`` by COPY, then swap the partitions ``keys`` in one transaction."""
-        name = self.names.table(spec)
-        table = self.dialect.qualify(name)
-        part = quote(spec.partition)
-        columns = ", ".join(quote(c) for c in spec.names)
-        stage = quote(STAGE_TABLE)
-        written = 0
+        return self.replace_all([Replacement(spec, keys, batches, retention)], progress)[0]
+
+    def replace_all(
+        self, replacements: Sequence[Replacement], progress: Progress | None = None
+    ) -> list[int]:
+        """Stage every replacement by COPY, then swap all their partitions in one transaction.
+
+        Advisory locks are taken in one sorted order over all tables, so two publishers of
+        overlapping snapshots cannot deadlock.
+        """
         with self._transaction() as cur:
-            cur.execute(
-                f"CREATE TEMP TABLE {stage} (LIKE {table} INCLUDING DEFAULTS) ON COMMIT DROP"
+            counts = [
+                self._stage(cur, item, f"{STAGE_TABLE}_{i}", progress)
+                for i, item in enumerate(replacements)
+            ]
+            locks = sorted(
+                {
+                    lock_key("churnseg-publish", self.db_schema, self.names.table(item.spec), key)
+                    for item in replacements
+                    for key in map(str, item.keys.to_pylist())
+                }
             )
-            with cur.copy(f"COPY {stage} ({columns}) FROM STDIN (FORMAT csv)") as copy:
-                for batch in batches:
-                    buffer = io.BytesIO()
-                    pacsv.write_csv(batch, buffer, CSV_OPTIONS)
-                    copy.write(buffer.getbuffer())
-                    written += batch.num_rows
-                    if progress is not None:
-                        progress(written)
-            key_values = sorted(keys.to_pylist())
-            for key in key_values:  # sorted: two multi-snapshot publishers cannot deadlock
-                cur.execute(
-                    "SELECT pg_advisory_xact_lock(%s)",
-                    (lock_key("churnseg-publish", self.db_schema, name, str(key)),),
-                )
-            if key_values:
-                cur.execute(f"DELETE FROM {table} WHERE {part} = ANY(%s)", (key_values,))
-            cur.execute(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM {stage}")
-            if retention is not None:
-                apply_retention(cur.execute, table, part, retention, "%s")
+            for key in locks:
+                cur.execute("SELECT pg_advisory_xact_lock(%s)", (key,))
+            for i, item in enumerate(replacements):
+                self._swap(cur, item, f"{STAGE_TABLE}_{i}")
+        return counts
+
+    def _stage(
+        self,
+        cur: psycopg.Cursor[Any],
+        item: Replacement,
+        stage_name: str,
+        progress: Progress | None,
+    ) -> int:
+        """COPY ``item``'s batches into a temporary table dropped at commit; return rows."""
+        table = self.dialect.qualify(self.names.table(item.spec))
+        columns = ", ".join(quote(c) for c in item.spec.names)
+        stage = quote(stage_name)
+        cur.execute(f"CREATE TEMP TABLE {stage} (LIKE {table} INCLUDING DEFAULTS) ON COMMIT DROP")
+        written = 0
+        with cur.copy(f"COPY {stage} ({columns}) FROM STDIN (FORMAT csv)") as copy:
+            for batch in item.batches:
+                buffer = io.BytesIO()
+                pacsv.write_csv(batch, buffer, CSV_OPTIONS)
+                copy.write(buffer.getbuffer())
+                written += batch.num_rows
+                if progress is not None:
+                    progress(written)
         return written
+
+    def _swap(self, cur: psycopg.Cursor[Any], item: Replacement, stage_name: str) -> None:
+        """Delete ``item``'s partitions, insert the staged rows, apply retention."""
+        table = self.dialect.qualify(self.names.table(item.spec))
+        part = quote(item.spec.partition)
+        columns = ", ".join(quote(c) for c in item.spec.names)
+        key_values = sorted(item.keys.to_pylist())
+        if key_values:
+            cur.execute(f"DELETE FROM {table} WHERE {part} = ANY(%s)", (key_values,))
+        cur.execute(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM {quote(stage_name)}")
+        if item.retention is not None:
+            apply_retention(cur.execute, table, part, item.retention, "%s")
 
     def upsert(self, spec: TableSpec, batch: pa.RecordBatch) -> None:
         """Insert ``batch``, replacing rows with the same primary key, in one transaction."""
@@ -191,3 +228,54 @@ class PostgresSink:
                 f"ON CONFLICT ({keys}) DO UPDATE SET {updates}",
                 rows,
             )
+
+    def query(self, sql: str, params: tuple[Any, ...] = ()) -> tuple[list[Any], list[str]]:
+        """Return the rows and column names of a read-only query (``?`` placeholders)."""
+        with self._con.cursor() as cur:
+            cur.execute(sql.replace("?", "%s"), params)
+            columns = [d.name for d in cur.description or []]
+            return cur.fetchall(), columns
+
+    def secure_owner_rows(self, role_prefix: str, reader_role: str | None) -> None:
+        """Enable row-level security on the allocation tables, keyed on the reader's role.
+
+        The role ``<role_prefix><owner_id>`` reads only the rows of that owner; any other role
+        without BYPASSRLS (and not the tables' owner) reads none. The contact list view is a
+        security-invoker view over ``customer_assignments``, so the same policy applies to it.
+        With ``reader_role``, that role gets USAGE on the schema and SELECT on the three objects.
+        One transaction; running it again changes nothing.
+        """
+        from psycopg import sql
+
+        condition = sql.SQL("{owner} IS NOT NULL AND current_user = {prefix} || {owner}").format(
+            owner=sql.Identifier("owner_id"), prefix=sql.Literal(role_prefix)
+        )
+        policy = sql.Identifier(POLICY_NAME)
+        with self._transaction() as cur:
+            for spec in OWNER_TABLES:
+                table = sql.SQL(self.dialect.qualify(self.names.table(spec)))
+                cur.execute(sql.SQL("ALTER TABLE {} ENABLE ROW LEVEL SECURITY").format(table))
+                cur.execute(sql.SQL("DROP POLICY IF EXISTS {} ON {}").format(policy, table))
+                cur.execute(
+                    sql.SQL("CREATE POLICY {} ON {} FOR SELECT USING ({})").format(
+                        policy, table, condition
+                    )
+                )
+            if reader_role is None:
+                return
+            objects = [
+                *(self.names.table(spec) for spec in OWNER_TABLES),
+                self.names.owner_contact_list,
+            ]
+            role = sql.Identifier(reader_role)
+            cur.execute(
+                sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(
+                    sql.Identifier(self.db_schema), role
+                )
+            )
+            for name in objects:
+                cur.execute(
+                    sql.SQL("GRANT SELECT ON {} TO {}").format(
+                        sql.SQL(self.dialect.qualify(name)), role
+                    )
+                )

@@ -22,12 +22,13 @@ import pyarrow.compute as pc
 
 from churnseg.pipelines.sinks.errors import PublishError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 VERSION_TABLE = "churnseg_schema"
 VERSION_NOTES: Mapping[int, str] = {
     1: "customer_scores as first released",
     2: "output contract: tiers, lifecycle, risk band, reasons, value columns; latest view; "
     "segment profiles; data quarantine; pipeline run log",
+    3: "allocation: customer_assignments, owner_workload, view owner_contact_list",
 }
 # Lower-case only, so ops can write names unquoted in PostgreSQL; at most 48 characters so the
 # derived view and index names stay within PostgreSQL's 63-byte identifier limit.
@@ -195,8 +196,64 @@ PIPELINE_RUNS = TableSpec(
     created=2,
 )
 
-TABLES: tuple[TableSpec, ...] = (CUSTOMER_SCORES, SEGMENT_PROFILES, DATA_QUARANTINE, PIPELINE_RUNS)
+CUSTOMER_ASSIGNMENTS = TableSpec(
+    key="customer_assignments",
+    columns=(
+        Column("snapshot_date", Kind.DATE, since=3),
+        Column("customer_id", Kind.TEXT, since=3),
+        Column("owner_id", Kind.TEXT, nullable=True, since=3),
+        Column("previous_owner_id", Kind.TEXT, nullable=True, since=3),
+        Column("reason", Kind.TEXT, since=3),
+        Column("mismatch", Kind.TEXT, nullable=True, since=3),
+        # The customer's classes, so an owner's rows hold all they need (row-level security
+        # on this table alone then covers the contact list).
+        Column("value_tier", Kind.TEXT, nullable=True, since=3),
+        Column("risk_band", Kind.TEXT, nullable=True, since=3),
+        Column("churn_probability", Kind.REAL, nullable=True, since=3),
+        Column("value_at_risk", Kind.REAL, nullable=True, since=3),
+        Column("top_reasons", Kind.TEXT, nullable=True, since=3),
+        Column("run_id", Kind.TEXT, since=3),
+    ),
+    primary_key=("snapshot_date", "customer_id"),
+    partition="snapshot_date",
+    created=3,
+    indexes=(Index("by_owner", ("owner_id", "snapshot_date")),),
+)
+
+OWNER_WORKLOAD = TableSpec(
+    key="owner_workload",
+    columns=(
+        Column("snapshot_date", Kind.DATE, since=3),
+        Column("owner_id", Kind.TEXT, since=3),
+        Column("name", Kind.TEXT, nullable=True, since=3),
+        Column("active", Kind.INTEGER, since=3),
+        Column("capacity", Kind.INTEGER, since=3),
+        Column("accounts", Kind.INTEGER, since=3),
+        Column("a_tier_accounts", Kind.INTEGER, since=3),
+        Column("high_risk_accounts", Kind.INTEGER, since=3),
+        Column("value_at_risk", Kind.REAL, since=3),
+        Column("capacity_used", Kind.REAL, nullable=True, since=3),
+        Column("moved_in", Kind.INTEGER, since=3),
+        Column("moved_out", Kind.INTEGER, since=3),
+        Column("run_id", Kind.TEXT, since=3),
+    ),
+    primary_key=("snapshot_date", "owner_id"),
+    partition="snapshot_date",
+    created=3,
+)
+
+TABLES: tuple[TableSpec, ...] = (
+    CUSTOMER_SCORES,
+    SEGMENT_PROFILES,
+    DATA_QUARANTINE,
+    PIPELINE_RUNS,
+    CUSTOMER_ASSIGNMENTS,
+    OWNER_WORKLOAD,
+)
+# Tables whose rows belong to one owner: row-level security on PostgreSQL.
+OWNER_TABLES: tuple[TableSpec, ...] = (CUSTOMER_ASSIGNMENTS, OWNER_WORKLOAD)
 LATEST_VIEW_SINCE = 2
+CONTACT_LIST_SINCE = 3
 
 
 def validate_identifier(name: str, what: str) -> str:
@@ -226,6 +283,9 @@ class OutputNames:
     segment_profiles: str = "segment_profiles"
     data_quarantine: str = "data_quarantine"
     pipeline_runs: str = "pipeline_runs"
+    customer_assignments: str = "customer_assignments"
+    owner_workload: str = "owner_workload"
+    owner_contact_list: str = "owner_contact_list"
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -245,7 +305,8 @@ class OutputNames:
 
     def all_objects(self) -> list[str]:
         """Return every table and view name, plus the version table."""
-        return [*(self.table(t) for t in TABLES), self.latest_view, VERSION_TABLE]
+        views = [self.latest_view, self.owner_contact_list]
+        return [*(self.table(t) for t in TABLES), *views, VERSION_TABLE]
 
 
 @dataclass(frozen=True)
@@ -255,6 +316,8 @@ class Dialect:
     name: str
     types: Mapping[Kind, str]
     db_schema: str | None = None
+    # PostgreSQL 15+: a view checks the reader's rights (and row-level security), not its owner's.
+    security_invoker: bool = False
 
     def qualify(self, name: str) -> str:
         """Return the quoted, schema-qualified name of a table or view."""
@@ -312,6 +375,27 @@ def _latest_view_steps(dialect: Dialect, names: OutputNames, version: int) -> li
     ]
 
 
+def _contact_list_steps(dialect: Dialect, names: OutputNames) -> list[str]:
+    """Return the statements that (re)create the per-owner contact list view.
+
+    Each owner's customers at high risk in the newest allocation, ranked by value at risk.
+    """
+    source = dialect.qualify(names.customer_assignments)
+    view = dialect.qualify(names.owner_contact_list)
+    snapshot, owner = quote("snapshot_date"), quote("owner_id")
+    options = " WITH (security_invoker = true)" if dialect.security_invoker else ""
+    return [
+        f"DROP VIEW IF EXISTS {view}",
+        f"CREATE VIEW {view}{options} AS SELECT {owner}, "
+        f"ROW_NUMBER() OVER (PARTITION BY {owner} ORDER BY {quote('value_at_risk')} DESC, "
+        f"{quote('churn_probability')} DESC, {quote('customer_id')}) AS {quote('contact_rank')}, "
+        f"{quote('customer_id')}, {snapshot}, {quote('value_tier')}, {quote('churn_probability')}, "
+        f"{quote('value_at_risk')}, {quote('top_reasons')} FROM {source} "
+        f"WHERE {quote('risk_band')} = 'high' AND {owner} IS NOT NULL "
+        f"AND {snapshot} = (SELECT MAX({snapshot}) FROM {source})",
+    ]
+
+
 def migration_steps(dialect: Dialect, names: OutputNames, applied: Mapping[str, int]) -> list[Step]:
     """Return the steps that bring every object from its applied version to ``SCHEMA_VERSION``.
 
@@ -344,12 +428,15 @@ def migration_steps(dialect: Dialect, names: OutputNames, applied: Mapping[str, 
             and (version == LATEST_VIEW_SINCE or scores_changed)
         ):
             steps.append(Step(view, version, tuple(_latest_view_steps(dialect, names, version))))
+        contacts = names.owner_contact_list
+        if applied.get(contacts, 0) < version and version == CONTACT_LIST_SINCE:
+            steps.append(Step(contacts, version, tuple(_contact_list_steps(dialect, names))))
     return steps
 
 
 def schema_version(applied: Mapping[str, int], names: OutputNames) -> int:
     """Return the version every output object has reached (0 when none exists yet)."""
-    objects = [names.table(t) for t in TABLES] + [names.latest_view]
+    objects = [names.table(t) for t in TABLES] + [names.latest_view, names.owner_contact_list]
     return min(applied.get(o, 0) for o in objects)
 
 

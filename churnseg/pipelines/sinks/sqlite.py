@@ -9,7 +9,7 @@ killed mid-write leaves only uncommitted WAL frames, which SQLite discards.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,7 +18,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from churnseg.pipelines.sinks.base import Progress, Retention, apply_retention
+from churnseg.pipelines.sinks.base import Progress, Replacement, Retention, apply_retention
 from churnseg.pipelines.sinks.schema import (
     SCHEMA_VERSION,
     VERSION_TABLE,
@@ -124,21 +124,36 @@ class SqliteSink:
         progress: Progress | None = None,
     ) -> int:
         """Delete the partitions ``keys`` and insert ``batches`` in one transaction."""
+        return self.replace_all([Replacement(spec, keys, batches, retention)], progress)[0]
+
+    def replace_all(
+        self, replacements: Sequence[Replacement], progress: Progress | None = None
+    ) -> list[int]:
+        """Make every replacement in one transaction; return the rows written by each."""
+        counts = []
+        with self._transaction() as con:
+            for item in replacements:
+                counts.append(self._replace_in(con, item, progress))
+        return counts
+
+    def _replace_in(
+        self, con: sqlite3.Connection, item: Replacement, progress: Progress | None
+    ) -> int:
+        spec = item.spec
         table = quote(self.names.table(spec))
         part = quote(spec.partition)
         columns = ", ".join(quote(c) for c in spec.names)
         insert = f"INSERT INTO {table} ({columns}) VALUES ({', '.join('?' * len(spec.names))})"
-        key_values = sqlite_values(keys, spec.column(spec.partition).kind)
+        key_values = sqlite_values(item.keys, spec.column(spec.partition).kind)
         written = 0
-        with self._transaction() as con:
-            con.executemany(f"DELETE FROM {table} WHERE {part} = ?", [(k,) for k in key_values])
-            for batch in batches:
-                con.executemany(insert, _rows(batch, spec))
-                written += batch.num_rows
-                if progress is not None:
-                    progress(written)
-            if retention is not None:
-                apply_retention(con.execute, table, part, retention, "?")
+        con.executemany(f"DELETE FROM {table} WHERE {part} = ?", [(k,) for k in key_values])
+        for batch in item.batches:
+            con.executemany(insert, _rows(batch, spec))
+            written += batch.num_rows
+            if progress is not None:
+                progress(written)
+        if item.retention is not None:
+            apply_retention(con.execute, table, part, item.retention, "?")
         return written
 
     def upsert(self, spec: TableSpec, batch: pa.RecordBatch) -> None:
@@ -155,3 +170,11 @@ class SqliteSink:
         )
         with self._transaction() as con:
             con.executemany(statement, _rows(batch, spec))
+
+    def query(self, sql: str, params: tuple[Any, ...] = ()) -> tuple[list[Any], list[str]]:
+        """Return the rows and column names of a read-only query (``?`` placeholders)."""
+        cur = self._con.execute(sql, params)
+        return cur.fetchall(), [d[0] for d in cur.description]
+
+    def secure_owner_rows(self, role_prefix: str, reader_role: str | None) -> None:
+        """Do nothing: a SQLite file has no roles; whoever can open it reads every row."""

@@ -30,6 +30,7 @@ from churnseg.features.cleaning import (
     CleaningRules,
     CustomerOptions,
     ReadOptions,
+    check_unique_owners,
     check_usable,
     conform,
     infer_attributes,
@@ -64,7 +65,12 @@ from churnseg.pipelines.sources import (
     connect_engine,
     extract_sources,
 )
-from churnseg.pipelines.stages.run_folder import CLEAN_ORDER, RunPaths, ensure_sample
+from churnseg.pipelines.stages.run_folder import (
+    ALLOCATION_TABLES,
+    CLEAN_ORDER,
+    RunPaths,
+    ensure_sample,
+)
 
 # Ids that only quarantined rows show, with when they were first seen (``features.build``).
 SEEN_FILE = "seen.parquet"
@@ -152,7 +158,7 @@ def clean_stage(config: Config, paths: RunPaths) -> dict[str, TableQuality]:
     attributes: dict[str, str] = {}
     customer_ids = None
     seen_parts: list[Path] = []
-    for name in CLEAN_ORDER:
+    for name in (*CLEAN_ORDER, *ALLOCATION_TABLES):
         if name not in config.sources:
             continue
         source = config.sources[name]
@@ -200,6 +206,8 @@ def clean_stage(config: Config, paths: RunPaths) -> dict[str, TableQuality]:
         counts[name] = (rows, by_reason)
         if name == "customers":
             customer_ids = con.read_parquet(clean_file).select("customer_id")
+        elif name == "owners":
+            check_unique_owners(con.read_parquet(clean_file))
     stubs = _add_stub_customers(con, config, paths)
     _write_seen(con, seen_parts, config, paths)
     _write_quarantine(con, records, paths.root / QUARANTINE_FILE)

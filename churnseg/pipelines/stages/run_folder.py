@@ -10,6 +10,8 @@ from churnseg.pipelines.config import Config
 
 # Customers are cleaned first: the other tables are checked against the clean ids.
 CLEAN_ORDER = ("customers", "transactions", "events", "subscriptions")
+# Cleaned after them (checked against the clean customer ids), never read by the features.
+ALLOCATION_TABLES = ("owners", "assignments", "contact_outcomes")
 
 
 @dataclass(frozen=True)

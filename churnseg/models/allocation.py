@@ -1,0 +1,758 @@
+"""Account allocation: every customer to an owner, as a minimum-cost assignment under capacity.
+
+A customer placed with an owner costs the sum of configurable parts (``AllocationWeights``):
+its region not covered by the owner, its industry not covered, its value tier wanting a more
+senior owner (per level short), and moving it away from its current owner. Owners hold at most
+their capacity. When capacity is short, a customer left without an owner costs more the more
+value it has at risk, so the customers that matter most are placed first.
+
+Stability: a customer keeps its owner unless that owner is gone or inactive, a broken rule costs
+more than a move (by default region and industry always do; seniority when two levels short), or
+the owner's capacity forces a move. At most ``max_moves_share`` of the customers move for a
+broken rule in one run; moves forced by an owner leaving or by capacity are always made.
+
+How it is solved: customers with the same region, industry, tier, priority bucket and current
+owner are interchangeable, so the problem is a transportation problem over those groups (at a
+million customers and 500 owners, some 10^5 groups instead of 5x10^8 customer-owner pairs). The
+groups' moves pass through one pool node per (region, industry, tier) profile, the move budget
+is one extra row, and the linear program is solved by HiGHS (scipy). Without the budget row the
+matrix is a network matrix, so the optimum is integral; the budget row can leave a few fractional
+flows, which are rounded down and the customers they leave placed by ``_place_leftovers``. Why
+HiGHS rather than a dedicated min-cost-flow solver: docs/allocation.md (measured).
+
+Pure library code: frames in, frames out, no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from numpy.typing import NDArray
+from scipy.optimize import linprog
+
+# Reason codes, one per customer (docs/allocation.md explains each).
+KEPT = "kept"
+NEW = "new"
+OWNER_INACTIVE = "owner_inactive"
+OWNER_REMOVED = "owner_removed"
+OVER_CAPACITY = "over_capacity"
+REGION_MISMATCH = "region_mismatch"
+INDUSTRY_MISMATCH = "industry_mismatch"
+SENIORITY_MISMATCH = "seniority_mismatch"
+REBALANCED = "rebalanced"
+NO_CAPACITY = "no_capacity"
+REASONS = (
+    KEPT,
+    NEW,
+    OWNER_INACTIVE,
+    OWNER_REMOVED,
+    OVER_CAPACITY,
+    REGION_MISMATCH,
+    INDUSTRY_MISMATCH,
+    SENIORITY_MISMATCH,
+    REBALANCED,
+    NO_CAPACITY,
+)
+RULES = ("region", "industry", "seniority")
+UNKNOWN = "\x00unknown"  # a customer without region or industry: never matched, never a rule
+OWNER_COLUMNS = ("owner_id", "regions", "industries", "seniority", "capacity", "active")
+CUSTOMER_COLUMNS = ("customer_id", "region", "industry", "value_tier", "value_at_risk")
+
+
+class AllocationError(ValueError):
+    """The owners or customers handed to ``allocate`` cannot be allocated as they are."""
+
+
+@dataclass(frozen=True)
+class AllocationWeights:
+    """The parts of the cost of placing one customer with one owner (any unit, same for all).
+
+    Attributes:
+        region: The owner does not cover the customer's region.
+        industry: The owner does not cover the customer's industry.
+        seniority: Per seniority level the owner lacks for the customer's value tier.
+        move: Moving the customer away from an active current owner.
+        unassigned: Leaving the customer without an owner (times 1 + its priority bucket).
+        tier_seniority: Least seniority level each value tier should get.
+        priority_buckets: Quantile buckets of value at risk; a higher bucket is placed first.
+    """
+
+    region: float = 10.0
+    industry: float = 5.0
+    seniority: float = 3.0
+    move: float = 4.0
+    unassigned: float = 1000.0
+    tier_seniority: Mapping[str, int] = field(default_factory=lambda: {"A": 3, "B": 2, "C": 1})
+    priority_buckets: int = 4
+
+    def __post_init__(self) -> None:
+        worst = self.region + self.industry + self.seniority * max(self.tier_seniority.values())
+        if self.unassigned <= worst + self.move:
+            raise AllocationError(
+                f"allocation weight 'unassigned' ({self.unassigned}) must exceed the worst "
+                f"placement ({worst + self.move}); otherwise customers are left out while "
+                "owners have room"
+            )
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """What ``allocate`` decided.
+
+    Attributes:
+        assignments: One row per customer: customer_id, owner_id (null: no capacity left),
+            previous_owner_id, reason, mismatch (the rules its owner breaks, comma-separated,
+            null when none) and moved (bool).
+        moves_for_rules: Customers moved away from an active owner beyond the ones its capacity
+            forced out: the moves the budget counts (at most ``budget``).
+        forced_moves: Customers moved because their owner left or went inactive, plus those
+            their owner's capacity forced out.
+        budget: Moves for broken rules the run was allowed (``max_moves_share``).
+        objective: Total cost of the allocation.
+    """
+
+    assignments: pd.DataFrame
+    moves_for_rules: int
+    forced_moves: int
+    budget: int
+    objective: float
+
+
+def owner_table(owners: pd.DataFrame) -> pd.DataFrame:
+    """Return ``owners`` checked and normalised: one row per owner, sets of regions/industries.
+
+    ``regions`` and ``industries`` may be lists or text separated by ``;`` or ``,``; an empty
+    value covers nothing. ``seniority`` defaults to 1, ``active`` to true.
+
+    Raises:
+        AllocationError: Owner ids repeat or are missing, or a capacity is negative or missing.
+    """
+    if "owner_id" not in owners.columns:
+        raise AllocationError("owners: required column 'owner_id' is missing")
+    frame = owners.copy()
+    ids = frame["owner_id"]
+    if ids.isna().any():
+        raise AllocationError(f"owners: column 'owner_id' has {int(ids.isna().sum())} empty rows")
+    frame["owner_id"] = ids.astype(str)
+    repeated = frame["owner_id"].duplicated(keep=False)
+    if repeated.any():
+        shown = sorted(frame.loc[repeated, "owner_id"].unique())[:5]
+        raise AllocationError(
+            f"owners: column 'owner_id' repeats in {int(repeated.sum())} rows "
+            f"(e.g. {', '.join(shown)}); each owner must appear once"
+        )
+    if "capacity" not in frame.columns or frame["capacity"].isna().any():
+        missing = len(frame) if "capacity" not in frame else int(frame["capacity"].isna().sum())
+        raise AllocationError(f"owners: column 'capacity' is missing in {missing} rows")
+    capacity = pd.to_numeric(frame["capacity"], errors="coerce")
+    if capacity.isna().any() or (capacity < 0).any():
+        bad = int((capacity.isna() | (capacity < 0)).sum())
+        raise AllocationError(f"owners: column 'capacity' is not a count >= 0 in {bad} rows")
+    frame["capacity"] = capacity.astype("int64")
+    for column in ("regions", "industries"):
+        values = frame[column] if column in frame.columns else pd.Series(None, index=frame.index)
+        frame[column] = pd.Series([_as_set(v) for v in values], index=frame.index, dtype=object)
+    seniority = frame["seniority"] if "seniority" in frame.columns else 1
+    frame["seniority"] = pd.Series(seniority, index=frame.index).fillna(1).astype("int64")
+    active = frame["active"] if "active" in frame.columns else True
+    frame["active"] = pd.Series(active, index=frame.index).fillna(True).astype(bool)
+    return frame.reset_index(drop=True)
+
+
+def _as_set(value: object) -> frozenset[str]:
+    """Return the regions or industries in one cell as a set of lower-case names."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return frozenset()
+    if isinstance(value, str):
+        parts = value.replace(",", ";").split(";")
+    else:
+        parts = [str(v) for v in value]  # type: ignore[attr-defined]
+    return frozenset(p.strip().lower() for p in parts if p and p.strip())
+
+
+def _key(values: pd.Series) -> pd.Series:
+    """Return region or industry values as lower-case text, ``UNKNOWN`` where missing."""
+    text = values.astype("string").str.strip().str.lower()
+    return text.fillna(UNKNOWN).replace("", UNKNOWN).astype(object)
+
+
+def priority_buckets(value_at_risk: pd.Series, buckets: int) -> NDArray[np.int64]:
+    """Return each customer's priority bucket (0 lowest) from value-at-risk quantiles.
+
+    Missing and zero values are bucket 0; positive values are cut into ``buckets - 1`` equal
+    quantile groups above it.
+    """
+    values = value_at_risk.to_numpy(dtype="float64", na_value=np.nan)
+    out = np.zeros(len(values), dtype=np.int64)
+    positive = np.nan_to_num(values, nan=0.0) > 0
+    if buckets > 1 and positive.any():
+        ranks = pd.Series(values[positive]).rank(pct=True, method="average").to_numpy()
+        out[positive] = 1 + np.minimum((ranks * (buckets - 1)).astype(np.int64), buckets - 2)
+    return out
+
+
+@dataclass(frozen=True)
+class _Costs:
+    """Rule parts of the cost of each profile with each owner, and what each part is."""
+
+    region: NDArray[np.bool_]  # profiles x owners: region not covered
+    industry: NDArray[np.bool_]
+    levels_short: NDArray[np.int64]
+    total: NDArray[np.float64]
+
+
+def _profile_costs(
+    profiles: pd.DataFrame, owners: pd.DataFrame, weights: AllocationWeights
+) -> _Costs:
+    """Return the rule costs of every (region, industry, tier) profile with every owner."""
+    region = np.array(
+        [[r not in cover for cover in owners["regions"]] for r in profiles["region"]], dtype=bool
+    ).reshape(len(profiles), len(owners))
+    industry = np.array(
+        [[i not in cover for cover in owners["industries"]] for i in profiles["industry"]],
+        dtype=bool,
+    ).reshape(len(profiles), len(owners))
+    wanted = profiles["value_tier"].map(lambda t: weights.tier_seniority.get(t, 0))
+    levels = np.maximum(
+        0,
+        wanted.to_numpy(dtype="int64")[:, None] - owners["seniority"].to_numpy(dtype="int64"),
+    )
+    total = weights.region * region + weights.industry * industry + weights.seniority * levels
+    return _Costs(region, industry, levels, total.astype("float64"))
+
+
+def allocate(
+    customers: pd.DataFrame,
+    owners: pd.DataFrame,
+    current: pd.Series | None = None,
+    weights: AllocationWeights | None = None,
+    max_moves_share: float = 0.05,
+) -> Allocation:
+    """Return every customer's owner: the least total cost within capacity and the move budget.
+
+    Args:
+        customers: customer_id, region, industry, value_tier, value_at_risk (missing regions,
+            industries and tiers are allowed: they match nothing and want no seniority).
+        owners: owner_id, regions, industries, seniority, capacity, active (see
+            ``owner_table``).
+        current: The current owner per customer id (index: customer_id); a missing or null
+            entry means the customer has no owner yet.
+        weights: The cost parts; default ``AllocationWeights()``.
+        max_moves_share: Largest share of the customers moved away from an active owner for a
+            broken rule (moves forced by an owner leaving or by capacity are not counted).
+
+    Raises:
+        AllocationError: Bad owners (see ``owner_table``), repeated customer ids, or a share
+            outside [0, 1].
+    """
+    weights = weights or AllocationWeights()
+    if not 0.0 <= max_moves_share <= 1.0:
+        raise AllocationError(f"max_moves_share must be within [0, 1], got {max_moves_share}")
+    owners = owner_table(owners)
+    frame = _customer_frame(customers, owners, current, weights)
+    active = owners["active"].to_numpy()
+
+    # Interchangeable customers: same profile, priority and current (still valid) owner.
+    frame["profile"] = frame.groupby(["region", "industry", "value_tier"], sort=True).ngroup()
+    frame["group"] = frame.groupby(["profile", "bucket", "stay_owner"], sort=True).ngroup()
+    profiles = (
+        frame.drop_duplicates("profile").sort_values("profile")[
+            ["region", "industry", "value_tier"]
+        ]
+    ).reset_index(drop=True)
+    costs = _profile_costs(profiles, owners, weights)
+    groups = (
+        frame.groupby("group", sort=True)
+        .agg(
+            n=("customer_id", "size"),
+            profile=("profile", "first"),
+            bucket=("bucket", "first"),
+            stay_owner=("stay_owner", "first"),
+        )
+        .reset_index(drop=True)
+    )
+    overflow = _overflow(frame, owners)
+    budget = int(np.floor(max_moves_share * len(frame)))
+    flows = _solve(groups, costs.total, owners, active, weights, budget + overflow)
+    placed = _disaggregate(frame, groups, flows, costs, owners)
+    assignments = _reasons(placed, owners, costs)
+    moved = assignments["moved"] & assignments["owner_id"].notna()
+    gone = moved & assignments["reason"].isin([OWNER_INACTIVE, OWNER_REMOVED])
+    from_active = int(moved.sum() - gone.sum())
+    return Allocation(
+        assignments=assignments,
+        moves_for_rules=max(from_active - overflow, 0),
+        forced_moves=int(gone.sum()) + min(overflow, from_active),
+        budget=budget,
+        objective=float(flows.objective),
+    )
+
+
+def _customer_frame(
+    customers: pd.DataFrame,
+    owners: pd.DataFrame,
+    current: pd.Series | None,
+    weights: AllocationWeights,
+) -> pd.DataFrame:
+    """Return the customers with normalised keys, priority bucket and current owner index."""
+    missing = [c for c in ("customer_id",) if c not in customers.columns]
+    if missing:
+        raise AllocationError(f"customers: required column(s) {missing} missing")
+    ids = customers["customer_id"].astype(str)
+    repeated = ids.duplicated()
+    if repeated.any():
+        raise AllocationError(
+            f"customers: column 'customer_id' repeats in {int(repeated.sum())} rows"
+        )
+    n = len(customers)
+    frame = pd.DataFrame({"customer_id": ids.to_numpy()})
+    for column in ("region", "industry"):
+        values = customers[column] if column in customers.columns else pd.Series([None] * n)
+        frame[column] = _key(values.reset_index(drop=True)).to_numpy()
+    tiers = customers["value_tier"] if "value_tier" in customers.columns else None
+    frame["value_tier"] = (
+        pd.Series(tiers.to_numpy(), dtype=object).fillna("-").to_numpy()
+        if tiers is not None
+        else "-"
+    )
+    var = (
+        customers["value_at_risk"].reset_index(drop=True)
+        if "value_at_risk" in customers.columns
+        else pd.Series(np.zeros(n))
+    )
+    frame["value_at_risk"] = pd.to_numeric(var, errors="coerce").fillna(0.0).to_numpy()
+    frame["bucket"] = priority_buckets(frame["value_at_risk"], weights.priority_buckets)
+    previous = (
+        current.rename(index=str).reindex(frame["customer_id"]).to_numpy()
+        if current is not None
+        else np.full(n, None, dtype=object)
+    )
+    frame["previous_owner_id"] = pd.Series(previous, dtype=object).where(pd.notna(previous), None)
+    active = owners["active"].to_numpy()
+    prev_index = _owner_index(owners, frame["previous_owner_id"].to_numpy(dtype=object))
+    valid = prev_index >= 0
+    valid[valid] = active[prev_index[valid]]
+    frame["stay_owner"] = np.where(valid, prev_index, -1)
+    return frame
+
+
+def _owner_index(owners: pd.DataFrame, ids: NDArray[np.object_]) -> NDArray[np.int64]:
+    """Return the row of each owner id in ``owners`` (-1: null or not an owner)."""
+    text = pd.Series(ids, dtype=object).where(pd.notna(ids), None).astype("string")
+    found = pd.Index(owners["owner_id"]).get_indexer(text.fillna("\x00none"))
+    return np.asarray(found, dtype=np.int64)
+
+
+def _overflow(frame: pd.DataFrame, owners: pd.DataFrame) -> int:
+    """Return how many customers active owners hold beyond their capacity (they must move)."""
+    held = frame.loc[frame["stay_owner"] >= 0, "stay_owner"].value_counts()
+    capacity = owners["capacity"].to_numpy()[held.index.to_numpy()]
+    return int(np.maximum(held.to_numpy() - capacity, 0).sum())
+
+
+@dataclass(frozen=True)
+class _Flows:
+    """The optimum, per group: stayed, moved to its pool, unassigned; per pool and owner."""
+
+    stay: NDArray[np.int64]
+    move: NDArray[np.int64]
+    pool_to_owner: NDArray[np.int64]  # profiles x owners
+    objective: float
+
+
+def _solve(
+    groups: pd.DataFrame,
+    profile_costs: NDArray[np.float64],
+    owners: pd.DataFrame,
+    active: NDArray[np.bool_],
+    weights: AllocationWeights,
+    budget: int,
+) -> _Flows:
+    """Solve the transportation problem over groups (HiGHS); return integral flows."""
+    n_groups = len(groups)
+    n_profiles, n_owners = profile_costs.shape
+    stay_owner = groups["stay_owner"].to_numpy(dtype=np.int64)
+    can_stay = stay_owner >= 0
+    profile = groups["profile"].to_numpy(dtype=np.int64)
+    count = groups["n"].to_numpy(dtype=np.float64)
+    bucket = groups["bucket"].to_numpy(dtype=np.float64)
+    # Owners that are inactive take no customers: their arcs are left out.
+    owner_ids = np.flatnonzero(active)
+    arcs_profile = np.repeat(np.arange(n_profiles), len(owner_ids))
+    arcs_owner = np.tile(owner_ids, n_profiles)
+    # Variables: [stay(g) | move(g) | unassigned(g) | arc(p, o)]
+    s0, m0, u0, x0 = 0, n_groups, 2 * n_groups, 3 * n_groups
+    n_vars = x0 + len(arcs_profile)
+    cost = np.zeros(n_vars)
+    stay_cost = np.where(can_stay, profile_costs[profile, np.where(can_stay, stay_owner, 0)], 0.0)
+    cost[s0:m0] = stay_cost
+    cost[m0:u0] = np.where(can_stay, weights.move, 0.0)
+    cost[u0:x0] = weights.unassigned * (1.0 + bucket)
+    cost[x0:] = profile_costs[arcs_profile, arcs_owner]
+    upper = np.full(n_vars, np.inf)
+    upper[s0:m0] = np.where(can_stay, count, 0.0)
+    upper[m0:u0] = count
+    upper[u0:x0] = count
+
+    g = np.arange(n_groups)
+    # Each group: stay + move + unassigned = n.
+    eq_group = sp.coo_matrix(
+        (np.ones(3 * n_groups), (np.tile(g, 3), np.concatenate([g + s0, g + m0, g + u0]))),
+        shape=(n_groups, n_vars),
+    )
+    # Each pool: what groups move in = what leaves for owners.
+    arcs = np.arange(len(arcs_profile))
+    eq_pool = sp.coo_matrix(
+        (
+            np.concatenate([np.ones(n_groups), -np.ones(len(arcs))]),
+            (np.concatenate([profile, arcs_profile]), np.concatenate([g + m0, arcs + x0])),
+        ),
+        shape=(n_profiles, n_vars),
+    )
+    # Each owner: stays + arrivals <= capacity.
+    stays = np.flatnonzero(can_stay)
+    ub_owner = sp.coo_matrix(
+        (
+            np.ones(len(stays) + len(arcs)),
+            (
+                np.concatenate([stay_owner[stays], arcs_owner]),
+                np.concatenate([stays + s0, arcs + x0]),
+            ),
+        ),
+        shape=(n_owners, n_vars),
+    )
+    # Moves away from an active owner: at most the budget.
+    ub_budget = sp.coo_matrix(
+        (np.ones(len(stays)), (np.zeros(len(stays), dtype=np.int64), stays + m0)),
+        shape=(1, n_vars),
+    )
+    result = linprog(
+        cost,
+        A_ub=sp.vstack([ub_owner, ub_budget]).tocsr(),
+        b_ub=np.concatenate([owners["capacity"].to_numpy(dtype=np.float64), [budget]]),
+        A_eq=sp.vstack([eq_group, eq_pool]).tocsr(),
+        b_eq=np.concatenate([count, np.zeros(n_profiles)]),
+        bounds=np.column_stack([np.zeros(n_vars), upper]),
+        method="highs",
+    )
+    if result.status != 0:  # cannot happen: leaving everyone unassigned is always feasible
+        raise AllocationError(f"the allocation solver stopped: {result.message}")
+    x = np.floor(result.x + 1e-6).astype(np.int64)
+    pool_to_owner = np.zeros((n_profiles, n_owners), dtype=np.int64)
+    np.add.at(pool_to_owner, (arcs_profile, arcs_owner), x[x0:])
+    return _Flows(
+        stay=x[s0:m0],
+        move=x[m0:u0],
+        pool_to_owner=pool_to_owner,
+        objective=float(result.fun),
+    )
+
+
+def _disaggregate(
+    frame: pd.DataFrame,
+    groups: pd.DataFrame,
+    flows: _Flows,
+    costs: _Costs,
+    owners: pd.DataFrame,
+) -> pd.DataFrame:
+    """Return the customers with an owner index each (-1: none), from the group flows.
+
+    Within a group the customers with the most value at risk stay, the next ones move, the
+    rest are left out; within a pool the movers with the most value at risk go to the cheapest
+    owners the solution sends flow to.
+    """
+    frame = frame.sort_values(["group", "value_at_risk"], ascending=[True, False], kind="stable")
+    position = frame.groupby("group", sort=False).cumcount().to_numpy()
+    group = frame["group"].to_numpy()
+    stay = flows.stay[group]
+    move = flows.move[group]
+    owner = np.full(len(frame), -1, dtype=np.int64)
+    stays = position < stay
+    owner[stays] = frame["stay_owner"].to_numpy()[stays]
+    movers = (position >= stay) & (position < stay + move)
+    frame = frame.assign(owner=owner, mover=movers)
+    pool = frame.loc[movers].sort_values(
+        ["profile", "value_at_risk"], ascending=[True, False], kind="stable"
+    )
+    targets = np.full(len(pool), -1, dtype=np.int64)
+    pool_profile = pool["profile"].to_numpy()
+    starts = np.searchsorted(pool_profile, np.arange(flows.pool_to_owner.shape[0]))
+    ends = np.searchsorted(pool_profile, np.arange(flows.pool_to_owner.shape[0]), side="right")
+    for p in np.flatnonzero(flows.pool_to_owner.sum(axis=1)):
+        counts = flows.pool_to_owner[p]
+        order = np.argsort(costs.total[p], kind="stable")  # best-matched owners first
+        seats = np.repeat(order, counts[order])
+        take = min(len(seats), ends[p] - starts[p])
+        targets[starts[p] : starts[p] + take] = seats[:take]
+    frame.loc[pool.index, "owner"] = targets
+    return _place_leftovers(frame, costs, owners)
+
+
+def _place_leftovers(frame: pd.DataFrame, costs: _Costs, owners: pd.DataFrame) -> pd.DataFrame:
+    """Place customers the rounding of fractional flows left out, while owners have room.
+
+    Only the budget row can make flows fractional, so these are a handful of customers; each
+    goes to its current owner when it has room, else to the cheapest owner with room.
+    """
+    room = owners["capacity"].to_numpy(dtype=np.int64) - np.bincount(
+        frame["owner"].to_numpy()[frame["owner"].to_numpy() >= 0], minlength=len(owners)
+    )
+    room[~owners["active"].to_numpy()] = 0
+    left = frame.loc[frame["owner"] < 0].sort_values("value_at_risk", ascending=False)
+    owner = frame["owner"].to_numpy().copy()
+    position = pd.Series(np.arange(len(frame)), index=frame.index)[left.index].to_numpy()
+    for row, stay, profile in zip(
+        position, left["stay_owner"].to_numpy(), left["profile"].to_numpy(), strict=True
+    ):
+        if room.max() <= 0:
+            break
+        if stay >= 0 and room[stay] > 0:
+            choice = int(stay)
+        else:
+            choice = int(np.argmin(np.where(room > 0, costs.total[profile], np.inf)))
+        owner[row] = choice
+        room[choice] -= 1
+    return frame.assign(owner=owner)
+
+
+def _reasons(
+    frame: pd.DataFrame,
+    owners: pd.DataFrame,
+    costs: _Costs,
+) -> pd.DataFrame:
+    """Return the assignments table with a reason code and the rules each owner breaks."""
+    owner = frame["owner"].to_numpy()
+    profile = frame["profile"].to_numpy()
+    ids = owners["owner_id"].to_numpy(dtype=object)
+    owner_id = np.where(owner >= 0, ids[np.maximum(owner, 0)], None)
+    previous = frame["previous_owner_id"].to_numpy(dtype=object)
+    prev_index = _owner_index(owners, previous)
+    has_previous = pd.notna(previous)
+    moved = has_previous & (owner_id != previous)
+
+    def broken(o: NDArray[np.int64]) -> dict[str, NDArray[np.bool_]]:
+        safe = np.maximum(o, 0)
+        valid = o >= 0
+        return {
+            "region": valid & costs.region[profile, safe],
+            "industry": valid & costs.industry[profile, safe],
+            "seniority": valid & (costs.levels_short[profile, safe] > 0),
+        }
+
+    now, before = broken(owner), broken(prev_index)
+    fixed = {rule: before[rule] & ~now[rule] for rule in RULES}
+    unknown = frame[["region", "industry"]].to_numpy() == UNKNOWN
+    fixed["region"] &= ~unknown[:, 0]
+    fixed["industry"] &= ~unknown[:, 1]
+    prev_active = np.zeros(len(frame), dtype=bool)
+    known = prev_index >= 0
+    prev_active[known] = owners["active"].to_numpy()[prev_index[known]]
+    reason = np.select(
+        [
+            owner < 0,
+            ~has_previous,
+            ~moved,
+            prev_index < 0,
+            ~prev_active,
+            fixed["region"],
+            fixed["industry"],
+            fixed["seniority"],
+            _full(prev_index, owner, owners),
+        ],
+        [
+            NO_CAPACITY,
+            NEW,
+            KEPT,
+            OWNER_REMOVED,
+            OWNER_INACTIVE,
+            REGION_MISMATCH,
+            INDUSTRY_MISMATCH,
+            SENIORITY_MISMATCH,
+            OVER_CAPACITY,
+        ],
+        REBALANCED,
+    )
+    code = (
+        (now["region"] & ~unknown[:, 0]) * 1
+        + (now["industry"] & ~unknown[:, 1]) * 2
+        + now["seniority"] * 4
+    )
+    spelled = [",".join(r for k, r in enumerate(RULES) if c >> k & 1) or None for c in range(8)]
+    mismatch = np.array(spelled, dtype=object)[code]
+    out = pd.DataFrame(
+        {
+            "customer_id": frame["customer_id"].to_numpy(),
+            "owner_id": owner_id,
+            "previous_owner_id": previous,
+            "reason": reason,
+            "mismatch": mismatch,
+            "moved": moved,
+        },
+        index=frame.index,
+    )
+    return out.sort_index().reset_index(drop=True)
+
+
+def _full(
+    prev_index: NDArray[np.int64], owner: NDArray[np.int64], owners: pd.DataFrame
+) -> NDArray[np.bool_]:
+    """Return, per customer, whether its previous owner ended the run at full capacity."""
+    load = np.bincount(owner[owner >= 0], minlength=len(owners))
+    capacity = owners["capacity"].to_numpy()
+    full = load >= capacity
+    out = np.zeros(len(owner), dtype=bool)
+    known = prev_index >= 0
+    out[known] = full[prev_index[known]]
+    return out
+
+
+def greedy_allocate(
+    customers: pd.DataFrame,
+    owners: pd.DataFrame,
+    current: pd.Series | None = None,
+    weights: AllocationWeights | None = None,
+) -> pd.DataFrame:
+    """Return the allocation a loop of rules would make (the benchmark's baseline).
+
+    Customers in order of value at risk: keep the current owner when it is active and has
+    room, otherwise take the cheapest owner (same cost parts) that still has room. No budget,
+    no look-ahead. Columns as ``Allocation.assignments`` without reasons and mismatches.
+    """
+    weights = weights or AllocationWeights()
+    owners = owner_table(owners)
+    frame = _customer_frame(customers, owners, current, weights)
+    frame["profile"] = frame.groupby(["region", "industry", "value_tier"], sort=True).ngroup()
+    profiles = (
+        frame.drop_duplicates("profile").sort_values("profile")[
+            ["region", "industry", "value_tier"]
+        ]
+    ).reset_index(drop=True)
+    total = _profile_costs(profiles, owners, weights).total
+    room = np.where(owners["active"].to_numpy(), owners["capacity"].to_numpy(np.int64), 0)
+    order = np.argsort(-frame["value_at_risk"].to_numpy(), kind="stable")
+    owner = np.full(len(frame), -1, dtype=np.int64)
+    stay = frame["stay_owner"].to_numpy()
+    profile = frame["profile"].to_numpy()
+    ranking = np.argsort(total, axis=1, kind="stable")
+    cursor = np.zeros(len(profiles), dtype=np.int64)  # first owner of a profile still with room
+    for i in order:
+        if stay[i] >= 0 and room[stay[i]] > 0:
+            choice = int(stay[i])
+        else:
+            ranked = ranking[profile[i]]
+            c = int(cursor[profile[i]])
+            while c < len(ranked) and room[ranked[c]] <= 0:
+                c += 1
+            cursor[profile[i]] = c
+            if c == len(ranked):
+                continue
+            choice = int(ranked[c])
+        owner[i] = choice
+        room[choice] -= 1
+    ids = owners["owner_id"].to_numpy(dtype=object)
+    previous = frame["previous_owner_id"].to_numpy(dtype=object)
+    owner_id = ids[np.maximum(owner, 0)]
+    owner_id[owner < 0] = None
+    return pd.DataFrame(
+        {
+            "customer_id": frame["customer_id"].to_numpy(),
+            "owner_id": owner_id,
+            "previous_owner_id": previous,
+            "moved": pd.notna(previous) & (owner_id != previous),
+        }
+    )
+
+
+def _column(frame: pd.DataFrame, name: str) -> pd.Series:
+    """Return ``frame[name]``, or nulls when the frame has no such column."""
+    if name in frame.columns:
+        return frame[name]
+    return pd.Series([None] * len(frame), index=frame.index, dtype=object)
+
+
+def owner_workload(assignments: pd.DataFrame, owners: pd.DataFrame) -> pd.DataFrame:
+    """Return one row per owner: accounts, A-tier and high-risk accounts, value at risk, moves.
+
+    Args:
+        assignments: ``Allocation.assignments`` with the customers' ``value_tier``,
+            ``risk_band`` and ``value_at_risk`` added.
+        owners: The owners ``allocate`` was given (every owner gets a row, also with none).
+    """
+    owners = owner_table(owners)
+    placed = assignments[assignments["owner_id"].notna()]
+    value = pd.to_numeric(_column(placed, "value_at_risk"), errors="coerce").fillna(0.0)
+    per = pd.DataFrame(
+        {
+            "owner_id": placed["owner_id"].astype(str),
+            "accounts": 1,
+            "a_tier_accounts": (_column(placed, "value_tier") == "A").astype("int64"),
+            "high_risk_accounts": (_column(placed, "risk_band") == "high").astype("int64"),
+            "value_at_risk": value,
+            "moved_in": (placed["moved"] | placed["previous_owner_id"].isna()).astype("int64"),
+        }
+    )
+    totals = per.groupby("owner_id").sum()
+    left = assignments[assignments["previous_owner_id"].notna() & assignments["moved"]]
+    moved_out = left["previous_owner_id"].astype(str).value_counts()
+    out = owners[["owner_id", "capacity", "active"]].copy()
+    out["name"] = owners["name"] if "name" in owners.columns else None
+    for column in ("accounts", "a_tier_accounts", "high_risk_accounts", "moved_in"):
+        out[column] = out["owner_id"].map(totals[column]).fillna(0).astype("int64")
+    out["value_at_risk"] = out["owner_id"].map(totals["value_at_risk"]).fillna(0.0)
+    out["moved_out"] = out["owner_id"].map(moved_out).fillna(0).astype("int64")
+    capacity = out["capacity"].astype("float64")
+    out["capacity_used"] = (out["accounts"] / capacity).where(capacity > 0)
+    out["active"] = out["active"].astype("int64")
+    return out
+
+
+def allocation_quality(
+    assignments: pd.DataFrame, customers: pd.DataFrame, owners: pd.DataFrame
+) -> dict[str, float]:
+    """Return how well an allocation follows the rules (the benchmark and the run summary).
+
+    Shares are over customers with an owner and a known region (industry, tier A): matched on
+    region, matched on industry, A-tier with a top-seniority owner; plus moves, unassigned and
+    whether any owner is over capacity.
+    """
+    owners = owner_table(owners).set_index("owner_id")
+    frame = assignments[["customer_id", "owner_id", "moved"]].merge(
+        customers.assign(customer_id=customers["customer_id"].astype(str)),
+        on="customer_id",
+        how="left",
+    )
+    placed = frame[frame["owner_id"].notna()]
+    cover = owners.loc[pd.Index(placed["owner_id"].astype(str))]
+    region = _key(placed["region"]) if "region" in placed else pd.Series(UNKNOWN, placed.index)
+    industry = (
+        _key(placed["industry"]) if "industry" in placed else pd.Series(UNKNOWN, placed.index)
+    )
+
+    def share(hits: NDArray[np.bool_], known: NDArray[np.bool_]) -> float:
+        return float(hits[known].mean()) if known.any() else float("nan")
+
+    region_hit = np.array(
+        [r in c for r, c in zip(region, cover["regions"], strict=True)], dtype=bool
+    )
+    industry_hit = np.array(
+        [i in c for i, c in zip(industry, cover["industries"], strict=True)], dtype=bool
+    )
+    top = int(owners.loc[owners["active"], "seniority"].max()) if owners["active"].any() else 0
+    tier_a = (_column(placed, "value_tier") == "A").to_numpy()
+    load = placed["owner_id"].astype(str).value_counts()
+    over = int((load > owners.loc[load.index, "capacity"]).sum())
+    return {
+        "customers": float(len(frame)),
+        "unassigned": float(frame["owner_id"].isna().sum()),
+        "moves": float(frame["moved"].sum()),
+        "region_match_share": share(region_hit, (region != UNKNOWN).to_numpy()),
+        "industry_match_share": share(industry_hit, (industry != UNKNOWN).to_numpy()),
+        "a_tier_top_seniority_share": share(
+            (cover["seniority"] >= top).to_numpy(), np.asarray(tier_a, dtype=bool)
+        ),
+        "owners_over_capacity": float(over),
+    }
