@@ -17,7 +17,14 @@ def test_default_config_loads_with_embedded_stores() -> None:
     config = load_config(environ={})
     assert config.tracking_uri == "sqlite:///.churnseg/mlflow.db"
     assert config.publish_url == "sqlite:///.churnseg/scores.db"
-    assert set(config.sources) == {"customers", "transactions", "events", "subscriptions"}
+    assert set(config.sources) == {
+        "customers",
+        "transactions",
+        "events",
+        "subscriptions",
+        "owners",
+        "assignments",
+    }
 
 
 def test_unknown_key_names_the_key_and_allowed_keys(tmp_path: Path) -> None:

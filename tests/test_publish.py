@@ -187,12 +187,16 @@ def test_schema_version_is_recorded_once_per_object(target: PublishTarget) -> No
         "SELECT object_name, MAX(version), COUNT(*) FROM {schema}.churnseg_schema "
         "GROUP BY object_name ORDER BY 1",
     )
+    # One row per version an object went through (version 3 added the allocation objects).
     assert rows == [
-        ("customer_scores", 2, 2),
-        ("customer_scores_latest", 2, 1),
-        ("data_quarantine", 2, 1),
-        ("pipeline_runs", 2, 1),
-        ("segment_profiles", 2, 1),
+        ("customer_assignments", 3, 1),
+        ("customer_scores", 3, 3),
+        ("customer_scores_latest", 3, 2),
+        ("data_quarantine", 3, 2),
+        ("owner_contact_list", 3, 1),
+        ("owner_workload", 3, 1),
+        ("pipeline_runs", 3, 2),
+        ("segment_profiles", 3, 2),
     ]
 
 

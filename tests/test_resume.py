@@ -71,7 +71,7 @@ def test_a_failed_publish_resumes_without_recomputing_and_fresh_recomputes(
     real_publish = tasks.publish_scores
     publishes: list[Path] = []
 
-    def database_down_once(path: Path, target: Any) -> int:
+    def database_down_once(path: Path, target: Any, **_: Any) -> int:
         publishes.append(path)
         if len(publishes) == 1:
             raise PublishError("customer_scores: database is down")  # not transient: no retry

@@ -17,7 +17,7 @@ from churnseg.pipelines.publish import PublishError
 ALL_TASKS: dict[str, Task[Any, Any]] = {
     name: value for name, value in vars(tasks).items() if isinstance(value, Task)
 }
-IO_TASKS = {"extract", "publish", "publish_profiles"}
+IO_TASKS = {"extract", "publish", "publish_profiles", "publish_assignments"}
 
 
 def test_every_task_has_a_readable_name_and_a_timeout() -> None:
@@ -72,7 +72,7 @@ def test_publish_retries_a_transient_failure_and_not_a_data_error(
     calls: list[int] = []
     locked = sqlalchemy.exc.OperationalError("INSERT", {}, sqlite3.OperationalError())
 
-    def flaky(path: Path, target: Any) -> int:
+    def flaky(path: Path, target: Any, **_: Any) -> int:
         calls.append(1)
         if len(calls) == 1:
             raise _wrapped(locked)
@@ -83,7 +83,7 @@ def test_publish_retries_a_transient_failure_and_not_a_data_error(
     assert fast(config, tmp_path / "scores.parquet") == 42, "the retry should have succeeded"
     assert len(calls) == 2, f"one failure then one success, got {len(calls)} calls"
 
-    def broken(path: Path, target: Any) -> int:
+    def broken(path: Path, target: Any, **_: Any) -> int:
         calls.append(1)
         raise PublishError("customer_scores: column 'tier' is missing")
 

@@ -112,7 +112,9 @@ class Allocation:
         forced_moves: Customers moved because their owner left or went inactive, plus those
             their owner's capacity forced out.
         budget: Moves for broken rules the run was allowed (``max_moves_share``).
-        objective: Total cost of the allocation.
+        objective: Total cost of the allocation made.
+        lower_bound: The linear program's optimum; ``objective`` exceeds it only by what
+            placing the few customers of fractional flows cost (``_place_leftovers``).
     """
 
     assignments: pd.DataFrame
@@ -120,6 +122,7 @@ class Allocation:
     forced_moves: int
     budget: int
     objective: float
+    lower_bound: float
 
 
 def owner_table(owners: pd.DataFrame) -> pd.DataFrame:
@@ -191,7 +194,7 @@ def priority_buckets(value_at_risk: pd.Series, buckets: int) -> NDArray[np.int64
     positive = np.nan_to_num(values, nan=0.0) > 0
     if buckets > 1 and positive.any():
         ranks = pd.Series(values[positive]).rank(pct=True, method="average").to_numpy()
-        out[positive] = 1 + np.minimum((ranks * (buckets - 1)).astype(np.int64), buckets - 2)
+        out[positive] = np.clip(np.ceil(ranks * (buckets - 1)), 1, buckets - 1).astype(np.int64)
     return out
 
 
@@ -277,8 +280,16 @@ def allocate(
     )
     overflow = _overflow(frame, owners)
     budget = int(np.floor(max_moves_share * len(frame)))
-    flows = _solve(groups, costs.total, owners, active, weights, budget + overflow)
-    placed = _disaggregate(frame, groups, flows, costs, owners)
+    # Rounding fractional flows can cost a move or two beyond the budget (a leftover placed
+    # away from its full owner): then solve again with the budget row tightened by the excess.
+    limit = budget + overflow
+    for _ in range(3):
+        flows = _solve(groups, costs.total, owners, active, weights, limit)
+        placed = _disaggregate(frame, groups, flows, costs, owners)
+        excess = _moves_from_active(placed) - overflow - budget
+        if excess <= 0 or limit == 0:
+            break
+        limit = max(limit - excess, 0)
     assignments = _reasons(placed, owners, costs)
     moved = assignments["moved"] & assignments["owner_id"].notna()
     gone = moved & assignments["reason"].isin([OWNER_INACTIVE, OWNER_REMOVED])
@@ -288,7 +299,8 @@ def allocate(
         moves_for_rules=max(from_active - overflow, 0),
         forced_moves=int(gone.sum()) + min(overflow, from_active),
         budget=budget,
-        objective=float(flows.objective),
+        objective=_realised_cost(placed, costs, weights),
+        lower_bound=float(flows.objective),
     )
 
 
@@ -490,6 +502,24 @@ def _disaggregate(
         targets[starts[p] : starts[p] + take] = seats[:take]
     frame.loc[pool.index, "owner"] = targets
     return _place_leftovers(frame, costs, owners)
+
+
+def _moves_from_active(frame: pd.DataFrame) -> int:
+    """Return how many customers left an active current owner (placed elsewhere)."""
+    owner = frame["owner"].to_numpy()
+    stay = frame["stay_owner"].to_numpy()
+    return int(((stay >= 0) & (owner >= 0) & (owner != stay)).sum())
+
+
+def _realised_cost(frame: pd.DataFrame, costs: _Costs, weights: AllocationWeights) -> float:
+    """Return the total cost of the placement in ``frame`` (same parts as the program)."""
+    owner = frame["owner"].to_numpy()
+    placed = owner >= 0
+    profile = frame["profile"].to_numpy()
+    rules = costs.total[profile[placed], owner[placed]].sum()
+    moves = _moves_from_active(frame)
+    left = weights.unassigned * (1.0 + frame["bucket"].to_numpy()[~placed]).sum()
+    return float(rules + weights.move * moves + left)
 
 
 def _place_leftovers(frame: pd.DataFrame, costs: _Costs, owners: pd.DataFrame) -> pd.DataFrame:

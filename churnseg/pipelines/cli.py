@@ -472,6 +472,18 @@ def monitor(
     table.add_row("major drift", ", ".join(summary["features_major_drift"]) or "-")
     table.add_row("changed segment", f"{summary['segment_moved_share']:.1%}")
     table.add_row("matured snapshots", ", ".join(summary["snapshots_matured"]) or "-")
+    for row in summary.get("contacts", []):
+        difference = row["difference"]
+        shown = (
+            f"{difference:+.1%} churn when contacted"
+            if difference == difference
+            else "too few to compare"
+        )
+        table.add_row(
+            f"contacts {row['snapshot_date']} {row['risk_band']}",
+            f"{row['contacted']:,} of {row['customers']:,} contacted; {shown} "
+            "(an association, not proof: docs/allocation.md)",
+        )
     table.add_row("MLflow run", summary["mlflow_run_id"])
     if "retrain" in summary:
         table.add_row("retrain", f"ran: MLflow run {summary['retrain']['mlflow_run_id']}")

@@ -24,6 +24,8 @@ from mlflow import MlflowClient
 from churnseg.features.labels import LABEL, label_days, label_rule
 from churnseg.models import drift
 from churnseg.models.churn import churn_probability
+from churnseg.models.classification import CHURNED_BAND
+from churnseg.models.contacts import CONTACT_COLUMNS, contact_effect
 from churnseg.models.registry import champion_version, find_champion, load_champion
 from churnseg.models.segmentation import migration_table
 from churnseg.pipelines.config import Config
@@ -128,11 +130,11 @@ def drift_stage(config: Config, reference: Path, current: Path) -> DriftOutcome:
 
 
 def published_scores(config: Config) -> pd.DataFrame:
-    """Return ``customer_id``, ``snapshot_date`` (date) and ``churn_probability`` ever published.
+    """Return customer_id, snapshot_date (date), churn_probability, risk_band ever published.
 
     An output database without the scores table gives an empty frame.
     """
-    columns = ["customer_id", "snapshot_date", "churn_probability"]
+    columns = ["customer_id", "snapshot_date", "churn_probability", "risk_band"]
     engine = sa.create_engine(database_url(config.publish_url))
     try:
         with engine.connect() as conn:
@@ -158,12 +160,13 @@ def matured_snapshots(snapshots: list[date], data_end: date, days: int) -> list[
     return sorted(s for s in set(snapshots) if s + timedelta(days=days) <= data_end)
 
 
-def calibration_stage(config: Config, current: RunPaths, data_end: date) -> pd.DataFrame:
-    """Return realised against predicted churn for each published snapshot that has matured.
+def matured_labels(config: Config, current: RunPaths, data_end: date) -> pd.DataFrame:
+    """Return published rows of matured snapshots with their realised label (``LABEL``).
 
     The realised label is the configured label rule (``features.labels``) applied to the current
     clean tables at the published snapshot date; ``data_end`` is the current scoring cutoff
-    (the day after the last clean purchase).
+    (the day after the last clean purchase). Columns: customer_id, snapshot_date,
+    churn_probability, risk_band, ``LABEL``.
     """
     published = published_scores(config)
     has_subs = (current.clean / "subscriptions.parquet").exists()
@@ -171,9 +174,8 @@ def calibration_stage(config: Config, current: RunPaths, data_end: date) -> pd.D
     span = label_days(config.features, horizon, has_subs)
     snapshots = matured_snapshots(list(published.snapshot_date.unique()), data_end, span)
     if not snapshots:
-        return drift.realised_vs_predicted(
-            pd.DataFrame(columns=["snapshot_date", "churn_probability", LABEL]),
-            config.monitoring.calibration_tolerance,
+        return pd.DataFrame(
+            columns=["customer_id", "snapshot_date", "churn_probability", "risk_band", LABEL]
         )
     con = connect_engine(config.engine)
     tables = {
@@ -190,9 +192,31 @@ def calibration_stage(config: Config, current: RunPaths, data_end: date) -> pd.D
         rule = label_rule(tables, snapshot, config.features, horizon)
         labels = con.execute(rule.attach(population))
         parts.append(rows.merge(labels, on="customer_id", how="left"))
+    return pd.concat(parts, ignore_index=True)
+
+
+def calibration_stage(labelled: pd.DataFrame, config: Config) -> pd.DataFrame:
+    """Return realised against predicted churn for each matured published snapshot."""
     return drift.realised_vs_predicted(
-        pd.concat(parts, ignore_index=True), config.monitoring.calibration_tolerance
+        labelled[["snapshot_date", "churn_probability", LABEL]],
+        config.monitoring.calibration_tolerance,
     )
+
+
+def contacts_stage(labelled: pd.DataFrame, config: Config, current: RunPaths) -> pd.DataFrame:
+    """Return churn among contacted against uncontacted customers per snapshot and risk band.
+
+    Reads the clean ``contact_outcomes`` (a source); empty when there is none. What this can
+    and cannot show: ``churnseg.models.contacts``.
+    """
+    file = current.clean / "contact_outcomes.parquet"
+    if not file.exists() or labelled.empty:
+        return contact_effect(labelled.iloc[0:0], pd.DataFrame(), 0)
+    contacts = pd.read_parquet(file, columns=["customer_id", "contacted_at"])
+    has_subs = (current.clean / "subscriptions.parquet").exists()
+    window = label_days(config.features, config.snapshots.horizon_days, has_subs)
+    at_risk = labelled[labelled["risk_band"].notna() & (labelled["risk_band"] != CHURNED_BAND)]
+    return contact_effect(at_risk, contacts, window, label=LABEL)
 
 
 @dataclass(frozen=True)
@@ -202,6 +226,9 @@ class MonitorOutcome:
     drift: DriftOutcome
     calibration: pd.DataFrame
     reasons: list[str] = field(default_factory=list)
+    contacts: pd.DataFrame = field(
+        default_factory=lambda: pd.DataFrame(columns=list(CONTACT_COLUMNS))
+    )
 
     @property
     def flagged(self) -> bool:
@@ -235,8 +262,12 @@ def monitor_stage(
 ) -> MonitorOutcome:
     """Measure drift and calibration, flag crossed thresholds, and log all to the active run."""
     outcome = drift_stage(config, reference.scoring, current.features / "scoring.parquet")
-    calibration = calibration_stage(config, current, data_end)
-    result = MonitorOutcome(outcome, calibration, flag_reasons(config, outcome, calibration))
+    labelled = matured_labels(config, current, data_end)
+    calibration = calibration_stage(labelled, config)
+    contacts = contacts_stage(labelled, config, current)
+    result = MonitorOutcome(
+        outcome, calibration, flag_reasons(config, outcome, calibration), contacts
+    )
     if mlflow.active_run() is not None:
         _log_monitoring(reference, result)
     return result
@@ -271,6 +302,10 @@ def _log_monitoring(reference: Reference, result: MonitorOutcome) -> None:
     mlflow.log_table(
         result.calibration.astype({"snapshot_date": str}), f"{ARTIFACTS}/calibration.json"
     )
+    if len(result.contacts):
+        mlflow.log_table(
+            result.contacts.astype({"snapshot_date": str}), f"{ARTIFACTS}/contacts.json"
+        )
     mlflow.log_dict(monitor_summary(result), f"{ARTIFACTS}/summary.json")
 
 
@@ -291,4 +326,8 @@ def monitor_summary(result: MonitorOutcome) -> dict[str, Any]:
         .astype(str)
         .tolist(),
         "snapshots_matured": [str(s) for s in result.calibration.snapshot_date],
+        "contacts": [
+            {k: (str(v) if k == "snapshot_date" else v) for k, v in row.items()}
+            for row in result.contacts.to_dict("records")
+        ],
     }

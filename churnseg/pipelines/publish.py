@@ -238,9 +238,10 @@ def _replace_from_parquet(
     Returns:
         Rows written per part.
     """
-    tables = ", ".join(repr(target.names.table(p.spec)) for p in parts)
+    tables = ", ".join(target.names.table(p.spec) for p in parts)
+    quoted = ", ".join(repr(target.names.table(p.spec)) for p in parts)
     names = ", ".join(p.path.name for p in parts)
-    with _reported(target, f"publishing {names} to table {tables}"):
+    with _reported(target, f"publishing {names} to table {quoted}"):
         replacements = []
         total = 0
         for part in parts:

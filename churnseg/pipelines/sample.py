@@ -65,7 +65,7 @@ REGIONS = ("north", "south", "east", "west", "central")
 REGION_WEIGHTS = (0.22, 0.24, 0.18, 0.20, 0.16)
 INDUSTRIES = ("retail", "manufacturing", "services", "healthcare", "public", "technology")
 INDUSTRY_WEIGHTS = (0.25, 0.20, 0.20, 0.12, 0.08, 0.15)
-# One owner per this many customers; their capacity leaves ~10% room in all.
+# One owner per this many customers; their capacity leaves ~20% room in all.
 CUSTOMERS_PER_OWNER = 150
 _OWNER_NAMES = ("Ana", "Ben", "Chloe", "Dev", "Eli", "Fatima", "Goran", "Hana", "Ivo", "Jun")
 _OWNER_SURNAMES = ("Okafor", "Meyer", "Santos", "Kowalski", "Nakamura", "Haddad", "Brown")
@@ -1157,7 +1157,8 @@ def _owners_table(spec: SampleSpec, rng: np.random.Generator) -> pa.Table:
         ";".join(sorted(rng.choice(INDUSTRIES, size=rng.integers(2, 4), replace=False)))
         for _ in range(count)
     ]
-    capacity = np.ceil(1.1 * spec.customers / count * rng.uniform(0.8, 1.2, size=count))
+    # Room for everyone with ~20% to spare, the owner who left not counted.
+    capacity = np.ceil(1.2 * spec.customers / (count - 1) * rng.uniform(0.85, 1.15, size=count))
     names = [
         f"{_OWNER_NAMES[i % len(_OWNER_NAMES)]} {_OWNER_SURNAMES[i % len(_OWNER_SURNAMES)]}"
         for i in range(count)

@@ -422,12 +422,11 @@ def migration_steps(dialect: Dialect, names: OutputNames, applied: Mapping[str, 
                 steps.append(Step(table, version, tuple(statements)))
         view = names.latest_view
         scores_changed = any(c.since == version for c in CUSTOMER_SCORES.columns)
-        if (
-            applied.get(view, 0) < version
-            and version >= LATEST_VIEW_SINCE
-            and (version == LATEST_VIEW_SINCE or scores_changed)
-        ):
-            steps.append(Step(view, version, tuple(_latest_view_steps(dialect, names, version))))
+        if applied.get(view, 0) < version and version >= LATEST_VIEW_SINCE:
+            # Recreated when the scores' columns change; recorded at every version regardless.
+            rebuild = version == LATEST_VIEW_SINCE or scores_changed
+            statements = _latest_view_steps(dialect, names, version) if rebuild else []
+            steps.append(Step(view, version, tuple(statements)))
         contacts = names.owner_contact_list
         if applied.get(contacts, 0) < version and version == CONTACT_LIST_SINCE:
             steps.append(Step(contacts, version, tuple(_contact_list_steps(dialect, names))))
