@@ -228,6 +228,16 @@ def _profile_costs(
     return _Costs(region, industry, levels, total.astype("float64"))
 
 
+def _with_profiles(
+    frame: pd.DataFrame, owners: pd.DataFrame, weights: AllocationWeights
+) -> tuple[pd.DataFrame, _Costs]:
+    """Return the customers numbered by (region, industry, tier) profile, and its costs."""
+    keys = ["region", "industry", "value_tier"]
+    frame = frame.assign(profile=frame.groupby(keys, sort=True).ngroup())
+    profiles = frame.drop_duplicates("profile").sort_values("profile")[keys]
+    return frame, _profile_costs(profiles.reset_index(drop=True), owners, weights)
+
+
 def allocate(
     customers: pd.DataFrame,
     owners: pd.DataFrame,
@@ -260,14 +270,8 @@ def allocate(
     active = owners["active"].to_numpy()
 
     # Interchangeable customers: same profile, priority and current (still valid) owner.
-    frame["profile"] = frame.groupby(["region", "industry", "value_tier"], sort=True).ngroup()
+    frame, costs = _with_profiles(frame, owners, weights)
     frame["group"] = frame.groupby(["profile", "bucket", "stay_owner"], sort=True).ngroup()
-    profiles = (
-        frame.drop_duplicates("profile").sort_values("profile")[
-            ["region", "industry", "value_tier"]
-        ]
-    ).reset_index(drop=True)
-    costs = _profile_costs(profiles, owners, weights)
     groups = (
         frame.groupby("group", sort=True)
         .agg(
@@ -348,7 +352,8 @@ def _customer_frame(
     prev_index = _owner_index(owners, frame["previous_owner_id"].to_numpy(dtype=object))
     valid = prev_index >= 0
     valid[valid] = active[prev_index[valid]]
-    frame["stay_owner"] = np.where(valid, prev_index, -1)
+    frame["previous_index"] = prev_index  # -1: no owner, or one not in the owners table
+    frame["stay_owner"] = np.where(valid, prev_index, -1)  # -1 also for an inactive owner
     return frame
 
 
@@ -357,6 +362,13 @@ def _owner_index(owners: pd.DataFrame, ids: NDArray[np.object_]) -> NDArray[np.i
     text = pd.Series(ids, dtype=object).where(pd.notna(ids), None).astype("string")
     found = pd.Index(owners["owner_id"]).get_indexer(text.fillna("\x00none"))
     return np.asarray(found, dtype=np.int64)
+
+
+def _owner_ids(owners: pd.DataFrame, rows: NDArray[np.int64]) -> NDArray[np.object_]:
+    """Return the owner id of each owner row number (None for -1: no owner)."""
+    owner_id = owners["owner_id"].to_numpy(dtype=object)[np.maximum(rows, 0)]
+    owner_id[rows < 0] = None
+    return owner_id
 
 
 def _overflow(frame: pd.DataFrame, owners: pd.DataFrame) -> int:
@@ -557,10 +569,9 @@ def _reasons(
     """Return the assignments table with a reason code and the rules each owner breaks."""
     owner = frame["owner"].to_numpy()
     profile = frame["profile"].to_numpy()
-    ids = owners["owner_id"].to_numpy(dtype=object)
-    owner_id = np.where(owner >= 0, ids[np.maximum(owner, 0)], None)
+    owner_id = _owner_ids(owners, owner)
     previous = frame["previous_owner_id"].to_numpy(dtype=object)
-    prev_index = _owner_index(owners, previous)
+    prev_index = frame["previous_index"].to_numpy()
     has_previous = pd.notna(previous)
     moved = has_previous & (owner_id != previous)
 
@@ -578,9 +589,7 @@ def _reasons(
     unknown = frame[["region", "industry"]].to_numpy() == UNKNOWN
     fixed["region"] &= ~unknown[:, 0]
     fixed["industry"] &= ~unknown[:, 1]
-    prev_active = np.zeros(len(frame), dtype=bool)
-    known = prev_index >= 0
-    prev_active[known] = owners["active"].to_numpy()[prev_index[known]]
+    prev_active = frame["stay_owner"].to_numpy() >= 0
     reason = np.select(
         [
             owner < 0,
@@ -654,21 +663,17 @@ def greedy_allocate(
     """
     weights = weights or AllocationWeights()
     owners = owner_table(owners)
-    frame = _customer_frame(customers, owners, current, weights)
-    frame["profile"] = frame.groupby(["region", "industry", "value_tier"], sort=True).ngroup()
-    profiles = (
-        frame.drop_duplicates("profile").sort_values("profile")[
-            ["region", "industry", "value_tier"]
-        ]
-    ).reset_index(drop=True)
-    total = _profile_costs(profiles, owners, weights).total
+    frame, costs = _with_profiles(
+        _customer_frame(customers, owners, current, weights), owners, weights
+    )
+    total = costs.total
     room = np.where(owners["active"].to_numpy(), owners["capacity"].to_numpy(np.int64), 0)
     order = np.argsort(-frame["value_at_risk"].to_numpy(), kind="stable")
     owner = np.full(len(frame), -1, dtype=np.int64)
     stay = frame["stay_owner"].to_numpy()
     profile = frame["profile"].to_numpy()
     ranking = np.argsort(total, axis=1, kind="stable")
-    cursor = np.zeros(len(profiles), dtype=np.int64)  # first owner of a profile still with room
+    cursor = np.zeros(len(total), dtype=np.int64)  # first owner of a profile still with room
     for i in order:
         if stay[i] >= 0 and room[stay[i]] > 0:
             choice = int(stay[i])
@@ -683,10 +688,8 @@ def greedy_allocate(
             choice = int(ranked[c])
         owner[i] = choice
         room[choice] -= 1
-    ids = owners["owner_id"].to_numpy(dtype=object)
     previous = frame["previous_owner_id"].to_numpy(dtype=object)
-    owner_id = ids[np.maximum(owner, 0)]
-    owner_id[owner < 0] = None
+    owner_id = _owner_ids(owners, owner)
     return pd.DataFrame(
         {
             "customer_id": frame["customer_id"].to_numpy(),

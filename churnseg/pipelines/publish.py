@@ -34,6 +34,7 @@ from churnseg.pipelines.sinks.schema import (
     OWNER_WORKLOAD,
     PIPELINE_RUNS,
     SEGMENT_PROFILES,
+    Dialect,
     OutputNames,
     TableSpec,
     conform_batch,
@@ -263,18 +264,13 @@ def _replace_from_parquet(
             reporting.stage(f"publishing {tables}", total) as step,
         ):
             sink.ensure_schema()
-            done = [0]
 
             def report(written: int) -> None:
-                # Each table counts from 0; the bar shows the sum over the tables so far.
-                step.update(done[0] + written)
+                step.update(written)  # the installed reporter (CLI bar), then the caller's
                 if progress is not None:
-                    progress(done[0] + written)
+                    progress(written)
 
-            counts = []
-            for count in sink.replace_all(replacements, report):
-                counts.append(count)
-            done[0] = sum(counts)
+            counts = sink.replace_all(replacements, report)
     for part, written in zip(parts, counts, strict=True):
         log.info(
             "published %d rows of %s to %s",
@@ -403,9 +399,7 @@ def read_table(target: PublishTarget, sql: str, params: tuple[Any, ...] = ()) ->
 
 def qualified(target: PublishTarget, name: str) -> str:
     """Return an output table's quoted name, with the schema on PostgreSQL."""
-    from churnseg.pipelines.sinks.schema import quote
-
-    return f"{quote(target.db_schema)}.{quote(name)}" if target.db_schema else quote(name)
+    return Dialect("output", {}, target.db_schema).qualify(name)
 
 
 def latest_snapshot(scores_path: Path) -> date | None:

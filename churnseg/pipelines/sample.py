@@ -41,6 +41,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from churnseg.pipelines.config import SAMPLE_TABLES
+
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
@@ -51,15 +53,8 @@ RATE_PERIOD = 30 * DAY  # purchase and event rates are per 30 days
 AVG_MONTH = 30.4375 * DAY
 _EPOCH = datetime(1970, 1, 1)
 
-TABLES = (
-    "customers",
-    "transactions",
-    "events",
-    "subscriptions",
-    "owners",
-    "assignments",
-    "ground_truth",
-)
+# The tables a config reads from the sample, plus the generator's own truth.
+TABLES = (*SAMPLE_TABLES, "ground_truth")
 
 REGIONS = ("north", "south", "east", "west", "central")
 REGION_WEIGHTS = (0.22, 0.24, 0.18, 0.20, 0.16)

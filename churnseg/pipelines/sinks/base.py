@@ -75,6 +75,14 @@ class Replacement:
     retention: Retention | None = None
 
 
+def offset_progress(progress: Progress | None, before: int) -> Progress | None:
+    """Return ``progress`` counting on from ``before`` rows (one count over several tables)."""
+    if progress is None:
+        return None
+    report = progress
+    return lambda written: report(before + written)
+
+
 class Sink(Protocol):
     """An open connection to one output database.
 
@@ -85,21 +93,13 @@ class Sink(Protocol):
         """Create or migrate the output tables; return the schema version reached."""
         ...
 
-    def replace(
-        self,
-        spec: TableSpec,
-        keys: pa.Array,
-        batches: Iterable[pa.RecordBatch],
-        retention: Retention | None,
-        progress: Progress | None,
-    ) -> int:
-        """Replace the partitions ``keys`` of ``spec``'s table by ``batches``; return rows."""
-        ...
-
     def replace_all(
         self, replacements: Sequence[Replacement], progress: Progress | None
     ) -> list[int]:
-        """Make several replacements in one transaction; return rows written per replacement."""
+        """Make several replacements in one transaction; return rows written per replacement.
+
+        ``progress`` gets the rows written over all replacements so far.
+        """
         ...
 
     def upsert(self, spec: TableSpec, batch: pa.RecordBatch) -> None:

@@ -11,14 +11,19 @@ from __future__ import annotations
 
 import hashlib
 import io
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from churnseg.pipelines.sinks.base import Progress, Replacement, Retention, apply_retention
+from churnseg.pipelines.sinks.base import (
+    Progress,
+    Replacement,
+    apply_retention,
+    offset_progress,
+)
 from churnseg.pipelines.sinks.schema import (
     OWNER_TABLES,
     SCHEMA_VERSION,
@@ -83,7 +88,6 @@ class PostgresSink:
         params.setdefault("connect_timeout", 10)
         self.names = names
         self.db_schema = db_schema or "public"
-        self.dialect = Dialect("postgresql", POSTGRES_TYPES, self.db_schema)
         self._lock_timeout_ms = int(lock_timeout * 1000)
         self._con: psycopg.Connection[Any] = psycopg.connect(**params, autocommit=True)
         # PostgreSQL 15+ views can check the reader's rights (row-level security included).
@@ -140,17 +144,6 @@ class PostgresSink:
                 )
             return schema_version(self._applied(cur), self.names)
 
-    def replace(
-        self,
-        spec: TableSpec,
-        keys: pa.Array,
-        batches: Iterable[pa.RecordBatch],
-        retention: Retention | None,
-        progress: Progress | None = None,
-    ) -> int:
-        """Stage ``batches`` by COPY, then swap the partitions ``keys`` in one transaction."""
-        return self.replace_all([Replacement(spec, keys, batches, retention)], progress)[0]
-
     def replace_all(
         self, replacements: Sequence[Replacement], progress: Progress | None = None
     ) -> list[int]:
@@ -160,10 +153,10 @@ class PostgresSink:
         overlapping snapshots cannot deadlock.
         """
         with self._transaction() as cur:
-            counts = [
-                self._stage(cur, item, f"{STAGE_TABLE}_{i}", progress)
-                for i, item in enumerate(replacements)
-            ]
+            counts: list[int] = []
+            for i, item in enumerate(replacements):
+                report = offset_progress(progress, sum(counts))
+                counts.append(self._stage(cur, item, f"{STAGE_TABLE}_{i}", report))
             locks = sorted(
                 {
                     lock_key("churnseg-publish", self.db_schema, self.names.table(item.spec), key)

@@ -9,7 +9,7 @@ killed mid-write leaves only uncommitted WAL frames, which SQLite discards.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,7 +18,12 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from churnseg.pipelines.sinks.base import Progress, Replacement, Retention, apply_retention
+from churnseg.pipelines.sinks.base import (
+    Progress,
+    Replacement,
+    apply_retention,
+    offset_progress,
+)
 from churnseg.pipelines.sinks.schema import (
     SCHEMA_VERSION,
     VERSION_TABLE,
@@ -115,25 +120,15 @@ class SqliteSink:
                 )
             return schema_version(self._applied(), self.names)
 
-    def replace(
-        self,
-        spec: TableSpec,
-        keys: pa.Array,
-        batches: Iterable[pa.RecordBatch],
-        retention: Retention | None,
-        progress: Progress | None = None,
-    ) -> int:
-        """Delete the partitions ``keys`` and insert ``batches`` in one transaction."""
-        return self.replace_all([Replacement(spec, keys, batches, retention)], progress)[0]
-
     def replace_all(
         self, replacements: Sequence[Replacement], progress: Progress | None = None
     ) -> list[int]:
         """Make every replacement in one transaction; return the rows written by each."""
-        counts = []
+        counts: list[int] = []
         with self._transaction() as con:
             for item in replacements:
-                counts.append(self._replace_in(con, item, progress))
+                report = offset_progress(progress, sum(counts))
+                counts.append(self._replace_in(con, item, report))
         return counts
 
     def _replace_in(
