@@ -39,7 +39,8 @@ def _entrypoint_flow(entrypoint: str, monkeypatch: pytest.MonkeyPatch) -> Flow[A
 def test_prefect_yaml_matches_the_serve_definitions(
     yaml_deployments: dict[str, dict[str, Any]],
 ) -> None:
-    assert set(yaml_deployments) == {"weekly-retrain", "daily-score"}, yaml_deployments.keys()
+    expected = {"weekly-retrain", "daily-score", "intraday-score"}
+    assert set(yaml_deployments) == expected, yaml_deployments.keys()
     for spec in DEPLOYMENTS:
         entry = yaml_deployments[spec.name]
         assert entry["entrypoint"] == spec.entrypoint, spec.name
@@ -108,7 +109,7 @@ def test_serve_deployments_apply_and_read_back(prefect_harness: None) -> None:
         assert stored.parameters == {"config_path": "configs/default.yaml"}, spec.name
 
 
-def test_serve_command_hands_both_deployments_to_prefect(
+def test_serve_command_hands_every_deployment_to_prefect(
     prefect_harness: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import prefect
@@ -117,7 +118,7 @@ def test_serve_command_hands_both_deployments_to_prefect(
     monkeypatch.setattr(prefect, "serve", lambda *deployments: served.extend(deployments))
     result = CliRunner().invoke(app, ["serve", "--timezone", "America/New_York"])
     assert result.exit_code == 0, result.output
-    assert [d.name for d in served] == ["weekly-retrain", "daily-score"], served
+    assert [d.name for d in served] == ["weekly-retrain", "daily-score", "intraday-score"], served
     assert {d.schedules[0].schedule.timezone for d in served} == {"America/New_York"}
     assert "weekly-retrain" in result.output and "0 3 * * 1" in result.output, result.output
 
@@ -161,7 +162,7 @@ def test_prefect_deploy_all_reads_prefect_yaml_into_the_work_pool(prefect_harnes
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     with get_client(sync_client=True) as client:
         for spec in DEPLOYMENTS:
-            flow_name = "retrain" if spec.flow == "retrain_flow" else "score"
+            flow_name = spec.flow.removesuffix("_flow").replace("_", "-")
             stored = client.read_deployment_by_name(f"{flow_name}/{spec.name}")
             assert stored.work_pool_name == "churnseg", spec.name
             assert stored.entrypoint == spec.entrypoint, spec.name

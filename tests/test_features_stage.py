@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from itertools import pairwise
 from pathlib import Path
 
@@ -62,10 +64,19 @@ def test_the_three_tables_share_their_feature_columns(
     assert "at_risk" in scoring.columns and "at_risk" not in train.columns
     assert {"events_complaint_90d", "sub_plan", "region", *BTYD_FEATURES} <= set(scoring.columns)
     assert sorted(p.name for p in paths.features.iterdir()) == [
+        "scoring.build.json",
         "scoring.parquet",
+        "train.build.json",
         "train.parquet",
+        "validation.build.json",
         "validation.parquet",
     ], "staging files are removed"
+    built_with = json.loads((paths.features / "scoring.build.json").read_text())
+    assert set(built_with["btyd"]) == {
+        *(f"btyd_{k}" for k in ("r", "alpha", "a", "b")),
+        *(f"gamma_gamma_{k}" for k in "pqv"),
+    }, "the scoring snapshot's BTYD fit is kept for intra-day updates"
+    assert built_with["attribute_kinds"] == {}, "no clean/attributes.json in this folder"
 
 
 def test_every_snapshot_is_labelled_and_holds_known_customers_only(

@@ -159,7 +159,7 @@ def test_published_row_has_every_contract_column_with_nulls_for_later_ones(
     rows = query(target, "SELECT * FROM {schema}.customer_scores_latest")
     expected = (
         "A", "2026-01-01", 0, "Loyal", "A", None, 0.25, None, None, None, None,
-        1, 1, "r", "2026-01-01T00:00:00Z",
+        1, 1, "r", "2026-01-01T00:00:00Z", None, None,
     )  # fmt: skip
     assert rows == [expected], "the view lists the contract columns in contract order"
 
@@ -187,16 +187,19 @@ def test_schema_version_is_recorded_once_per_object(target: PublishTarget) -> No
         "SELECT object_name, MAX(version), COUNT(*) FROM {schema}.churnseg_schema "
         "GROUP BY object_name ORDER BY 1",
     )
-    # One row per version an object went through (version 3 added the allocation objects).
+    # One row per version an object went through (version 3 added the allocation objects,
+    # version 4 the feedback and audit tables).
     assert rows == [
-        ("customer_assignments", 3, 1),
-        ("customer_scores", 3, 3),
-        ("customer_scores_latest", 3, 2),
-        ("data_quarantine", 3, 2),
-        ("owner_contact_list", 3, 1),
-        ("owner_workload", 3, 1),
-        ("pipeline_runs", 3, 2),
-        ("segment_profiles", 3, 2),
+        ("api_audit", 4, 1),
+        ("customer_assignments", 4, 2),
+        ("customer_feedback", 4, 1),
+        ("customer_scores", 4, 4),
+        ("customer_scores_latest", 4, 3),
+        ("data_quarantine", 4, 3),
+        ("owner_contact_list", 4, 2),
+        ("owner_workload", 4, 2),
+        ("pipeline_runs", 4, 3),
+        ("segment_profiles", 4, 3),
     ]
 
 

@@ -89,7 +89,8 @@ def test_scores_file_is_typed_to_the_output_contract(score: Any) -> None:
     table = pq.read_table(path)
     # Parquet has no seconds unit: whole-second timestamps come back as milliseconds.
     expected = CUSTOMER_SCORES.arrow_schema()
-    expected = expected.set(expected.get_field_index("scored_at"), table.schema.field("scored_at"))
+    for name in ("scored_at", "features_as_of"):
+        expected = expected.set(expected.get_field_index(name), table.schema.field(name))
     assert table.schema.equals(expected)
     frame = table.to_pandas()
     absent = ["value_tier", "lifecycle_stage", "top_reasons", "expected_value", "value_at_risk"]

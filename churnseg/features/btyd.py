@@ -294,8 +294,39 @@ class GammaGammaModel(BaseEstimator):
             return np.asarray(p * (v + x * m) / (p * x + q - 1), dtype=np.float64)
 
 
+BTYD_PREFIX, GAMMA_PREFIX = "btyd_", "gamma_gamma_"
+
+
+def btyd_params(bgnbd: BetaGeoModel | None, gamma: GammaGammaModel | None) -> dict[str, float]:
+    """Return both models' fitted parameters under one set of names (empty where unfitted)."""
+    params = {f"{BTYD_PREFIX}{k}": v for k, v in bgnbd.params_.items()} if bgnbd else {}
+    return params | ({f"{GAMMA_PREFIX}{k}": v for k, v in gamma.params_.items()} if gamma else {})
+
+
+def fitted_btyd(params: dict[str, float]) -> tuple[BetaGeoModel | None, GammaGammaModel | None]:
+    """Return the two models with the parameters ``btyd_params`` gave (None where absent).
+
+    How an intra-day update predicts with the full snapshot's fit instead of refitting on the
+    few customers it re-scores.
+    """
+    bgnbd: BetaGeoModel | None = None
+    gamma: GammaGammaModel | None = None
+    if f"{BTYD_PREFIX}r" in params:
+        bgnbd = BetaGeoModel()
+        bgnbd.r_, bgnbd.alpha_, bgnbd.a_, bgnbd.b_ = (
+            float(params[f"{BTYD_PREFIX}{k}"]) for k in ("r", "alpha", "a", "b")
+        )
+    if f"{GAMMA_PREFIX}p" in params:
+        gamma = GammaGammaModel()
+        gamma.p_, gamma.q_, gamma.v_ = (float(params[f"{GAMMA_PREFIX}{k}"]) for k in "pqv")
+    return bgnbd, gamma
+
+
 def btyd_features(
-    summary: pd.DataFrame, horizon_days: int, period_days: int
+    summary: pd.DataFrame,
+    horizon_days: int,
+    period_days: int,
+    fitted: tuple[BetaGeoModel | None, GammaGammaModel | None] | None = None,
 ) -> tuple[pd.DataFrame, BetaGeoModel | None, GammaGammaModel | None]:
     """Fit BG/NBD and Gamma-Gamma on one snapshot's summary and predict for its customers.
 
@@ -304,6 +335,7 @@ def btyd_features(
             customers without a purchase), from one cutoff.
         horizon_days: Days ahead the expected purchases cover.
         period_days: The period unit of the summary.
+        fitted: Models fitted before (``fitted_btyd``): predict with them, fit nothing.
 
     Returns:
         A frame aligned with ``summary`` holding ``BTYD_FEATURES`` (null without a purchase, or
@@ -317,18 +349,22 @@ def btyd_features(
     tx = s["btyd_recency"].to_numpy(dtype=np.float64)
     age = s["btyd_t"].to_numpy(dtype=np.float64)
     m = s["btyd_monetary_value"].to_numpy(dtype=np.float64)
-    if len(s) < 2 or not (x > 0).any():
+    if fitted is not None:
+        bgnbd, gamma = fitted
+    elif len(s) < 2 or not (x > 0).any():
         return out, None, None
-    bgnbd = BetaGeoModel().fit(x, tx, age)
+    else:
+        bgnbd = BetaGeoModel().fit(x, tx, age)
+        gamma = GammaGammaModel().fit(x, m) if int(((x > 0) & (m > 0)).sum()) >= 2 else None
+    if bgnbd is None or len(s) == 0:
+        return out, bgnbd, gamma
     # Both predictions depend on the summary only: computed once per distinct summary (a few
     # per cent of the customers), then spread back.
     (ux, utx, uage), _, inverse = _unique_rows(x, tx, age)
     purchases = bgnbd.predict_purchases(horizon_days / period_days, ux, utx, uage)[inverse]
     out.loc[bought, "btyd_p_alive"] = bgnbd.predict_p_alive(ux, utx, uage)[inverse]
     out.loc[bought, "btyd_expected_purchases"] = purchases
-    gamma: GammaGammaModel | None = None
-    if int(((x > 0) & (m > 0)).sum()) >= 2:
-        gamma = GammaGammaModel().fit(x, m)
+    if gamma is not None:
         spend = gamma.predict_spend(x, m)
         out.loc[bought, "btyd_expected_spend"] = spend
         out.loc[bought, "btyd_expected_value"] = purchases * spend

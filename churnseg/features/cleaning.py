@@ -184,7 +184,7 @@ def _naive_to_utc(ts: ir.Value, zone: str | None) -> ir.TimestampValue:
     return cast(ir.TimestampValue, _instant_to_wall("UTC", _local_to_instant(zone, ts)))
 
 
-def _parse_timestamp(value: ir.Value, options: ReadOptions) -> ir.TimestampValue:
+def parse_timestamp(value: ir.Value, options: ReadOptions) -> ir.TimestampValue:
     """Return ``value`` as a naive UTC timestamp; null where it does not convert."""
     vtype = value.type()
     if vtype.is_timestamp():
@@ -218,9 +218,9 @@ def _convert(value: ir.Value, kind: ColumnKind, options: ReadOptions) -> ir.Valu
     if kind == "string":
         return _blank_to_null(value)
     if kind == "timestamp":
-        return _parse_timestamp(value, options)
+        return parse_timestamp(value, options)
     if kind == "date":
-        return _parse_timestamp(value, options).date()
+        return parse_timestamp(value, options).date()
     target = _IBIS_TYPES[kind]
     if value.type().is_string():
         return _blank_to_null(value).try_cast(target)
@@ -469,7 +469,7 @@ def infer_attributes(
         aggs[f"zero{i}"] = value.re_search(r"^[+-]?0\d").fill_null(False).sum()
         aggs[f"distinct{i}"] = value.nunique()
         aggs[f"bool{i}"] = value.lower().isin(_BOOLEAN_TEXT).fill_null(False).sum()
-        aggs[f"date{i}"] = _parse_timestamp(value, options).count()
+        aggs[f"date{i}"] = parse_timestamp(value, options).count()
     boolean_text: set[str] = set()
     stats = customers.aggregate(**aggs).execute().iloc[0]
     rows = int(stats["rows"])

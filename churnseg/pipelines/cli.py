@@ -64,8 +64,11 @@ def _exit_code(exc: BaseException) -> int:
     from churnseg.pipelines.sources import SourceError
     from churnseg.pipelines.stages import DataQualityError
     from churnseg.pipelines.stages.allocating import AllocationUnavailableError
+    from churnseg.pipelines.stages.intraday import IntradayUnavailableError
 
-    if isinstance(exc, ConfigError | UsageError | AllocationUnavailableError):
+    if isinstance(
+        exc, ConfigError | UsageError | AllocationUnavailableError | IntradayUnavailableError
+    ):
         return 2
     if isinstance(exc, DataContractError | DataQualityError | SourceError | MonitorError):
         return 3
@@ -402,12 +405,62 @@ def retrain(config: ConfigOption = None, fresh: FreshOption = False) -> None:
 
 
 @app.command()
-def score(config: ConfigOption = None) -> None:
+def score(
+    config: ConfigOption = None,
+    changed: Annotated[
+        bool,
+        typer.Option(
+            "--changed",
+            help="Re-score only the customers with rows newer than the latest snapshot (or "
+            "missing from it), as of now, and update that snapshot in place (intra-day).",
+        ),
+    ] = False,
+    as_of: Annotated[
+        str | None,
+        typer.Option(
+            "--as-of",
+            help="With --changed: the moment to take features at (ISO date-time, UTC); "
+            "default now.",
+        ),
+    ] = None,
+) -> None:
     """Score the latest data with the champion models and publish the snapshot.
 
-    Example: churnseg score -c configs/default.yaml
+    --changed publishes an intra-day update of the newest snapshot instead
+    (docs/output_tables.md says how readers tell it from a full snapshot).
+
+    Example: churnseg score -c configs/default.yaml --changed
     """
-    _run_flow("score", config)
+    if not changed:
+        if as_of is not None:
+            _fail(UsageError("--as-of applies to --changed only"))
+        _run_flow("score", config)
+        return
+    _load(config)
+    from datetime import datetime
+
+    from churnseg.pipelines import flows
+
+    try:
+        if as_of is not None:
+            datetime.fromisoformat(as_of)
+    except ValueError:
+        _fail(UsageError(f"--as-of {as_of!r} is not an ISO date-time (e.g. 2026-12-06T14:30)"))
+    try:
+        with _quiet_prefect_console(), _progress_bars():
+            summary = flows.score_changed_flow(
+                config_path=str(config) if config else None, as_of=as_of
+            )
+    except Exception as exc:
+        _fail(exc)
+    table = Table(title="churnseg score --changed", show_header=False)
+    table.add_row("snapshot updated", summary["snapshot"])
+    table.add_row("features as of", summary["as_of"])
+    table.add_row("customers changed", f"{summary['customers_changed']:,}")
+    table.add_row("rows published", f"{summary['rows_published']:,}")
+    table.add_row("output table", summary["table"])
+    table.add_row("MLflow run", summary["mlflow_run_id"])
+    console.print(table)
 
 
 @app.command()
@@ -612,7 +665,9 @@ def serve(
         str, typer.Option(help="IANA time zone the schedules are read in.")
     ] = "Europe/Berlin",
 ) -> None:
-    """Run the scheduled deployments from this process: weekly retrain, daily scoring.
+    """Run the scheduled deployments from this process: retrain, scoring, intra-day updates.
+
+    Weekly retrain, daily scoring and an intra-day update (score --changed) every 15 minutes.
 
     Schedules need a Prefect server (the temporary one cannot schedule): start one with
     `prefect server start` and export PREFECT_API_URL=http://127.0.0.1:4200/api. Stop with Ctrl-C.

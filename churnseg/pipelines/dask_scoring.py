@@ -100,8 +100,11 @@ def score_stage_on_dask(config: Config, features_path: Path, out_path: Path, run
     """
     from churnseg.pipelines import tasks
     from churnseg.pipelines.stages import log_scoring_metrics, scoring_context
+    from churnseg.pipelines.stages.scoring import published_corrections
 
-    context = scoring_context(config, run_id, features_path)
+    context = scoring_context(
+        config, run_id, features_path, corrections=published_corrections(config)
+    )
     n_rows = pq.ParquetFile(features_path).metadata.num_rows
     ranges = row_ranges(n_rows, config.scoring.partition_rows)
     out_path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""Scheduled deployments of the flows: a weekly retrain and a daily scoring run.
+"""Scheduled deployments: a weekly retrain, a daily scoring run, intra-day updates every 15 min.
 
 The same two definitions live in ``prefect.yaml`` (for ``prefect deploy`` to a work pool) and
 here (for ``churnseg serve``, which runs them from one process); a test keeps them equal.
@@ -45,6 +45,14 @@ DEPLOYMENTS: tuple[DeploymentSpec, ...] = (
         flow="score_flow",
         cron="0 5 * * *",
         description="Score the latest data with the champion models and publish the snapshot.",
+    ),
+    # Every quarter hour, the customers whose data changed since the morning's snapshot.
+    DeploymentSpec(
+        name="intraday-score",
+        flow="score_changed_flow",
+        cron="*/15 * * * *",
+        description="Re-score the customers with new rows since the latest snapshot and update "
+        "it in place (intra-day).",
     ),
 )
 

@@ -429,6 +429,73 @@ def assign_flow(config_path: str | None = None) -> dict[str, Any]:
     }
 
 
+@flow(name="score-changed")
+def score_changed_flow(config_path: str | None = None, as_of: str | None = None) -> dict[str, Any]:
+    """Re-score the customers whose data changed since the newest snapshot, and publish them.
+
+    An intra-day update (``stages.intraday``): customers with a transaction, event,
+    subscription change or signup/churn date at or after the snapshot date, or missing from
+    it, are scored as of now with the champion models and the snapshot's thresholds; their
+    rows replace theirs in that snapshot (``update_kind`` 'intraday'). Every other row stays.
+
+    Args:
+        config_path: YAML config (default: the bundled sample config).
+        as_of: The moment to take features at (ISO date-time, UTC); default now
+            (``intraday.update_as_of``).
+
+    Returns:
+        A summary: the snapshot updated, the moment, customers changed, rows published, the
+        output table, the MLflow run id and the run folder.
+
+    Raises:
+        IntradayUnavailableError: Nothing published to update, or the champions changed
+            since the snapshot (run ``churnseg score``).
+    """
+    from datetime import datetime
+
+    from churnseg.pipelines.stages.intraday import load_rescorer, update_as_of
+
+    config = load_config(config_path)
+    stages.configure_mlflow(config)
+    target = target_from_config(config)
+    rescorer = load_rescorer(config, target)
+    moment = update_as_of(config, datetime.fromisoformat(as_of) if as_of else None)
+    snapshot = rescorer.snapshot
+    paths = stages.run_paths(config, _run_key())
+    with (
+        mlflow.start_run(run_name="score-changed") as run,
+        run_log(target, run.info.run_id, "score-changed") as entry,
+    ):
+        mlflow.set_tags(
+            {
+                "churnseg.flow": "score-changed",
+                "churnseg.run_folder": str(paths.root),
+                "churnseg.updates_snapshot": snapshot.snapshot_date.isoformat(),
+                "churnseg.updates_run_id": snapshot.run_id,
+            }
+        )
+        entry.snapshot_date = snapshot.snapshot_date
+        changed = tasks.changed_customers(config, snapshot, moment)
+        entry.rows_read = len(changed)
+        scores = (
+            tasks.rescore(config, rescorer, changed, moment, paths, run.info.run_id)
+            if changed
+            else None
+        )
+        published = tasks.publish_update(config, scores) if scores is not None else 0
+        entry.rows_published = published
+        mlflow.log_metrics({"customers_changed": len(changed), "rows_published": published})
+    return {
+        "snapshot": snapshot.snapshot_date.isoformat(),
+        "as_of": moment.isoformat(),
+        "customers_changed": len(changed),
+        "rows_published": published,
+        "table": target.describe(target.names.customer_scores),
+        "mlflow_run_id": run.info.run_id,
+        "run_folder": str(paths.root),
+    }
+
+
 @flow(name="monitor")
 def monitor_flow(config_path: str | None = None, run_folder: str | None = None) -> dict[str, Any]:
     """Compare the current data with the champion churn model's snapshot; flag drift.

@@ -53,12 +53,15 @@ __all__ = [
     "PublishError",
     "PublishTarget",
     "RunRecord",
+    "append_rows",
     "ensure_schema",
     "latest_snapshot",
     "publish_allocation",
+    "publish_intraday",
     "publish_quarantine",
     "publish_scores",
     "publish_segment_profiles",
+    "read_feedback",
     "read_table",
     "record_run",
     "run_log",
@@ -397,6 +400,102 @@ def read_table(target: PublishTarget, sql: str, params: tuple[Any, ...] = ()) ->
     return pd.DataFrame(rows, columns=columns)
 
 
+def publish_intraday(scores_path: Path, target: PublishTarget) -> int:
+    """Write an intra-day update's score rows into their snapshot; return rows written.
+
+    One transaction: each row replaces the customer's row of the same snapshot (or adds a
+    customer the snapshot did not have), and where the customer has an allocation row in that
+    snapshot, its copies of the classes (tier, band, probability, value at risk, reasons) are
+    brought up to date, so the owners' contact list follows. Owners do not change: allocation
+    runs with full snapshots and ``churnseg assign``.
+
+    Raises:
+        PublishError: As ``publish_scores``.
+    """
+    import pandas as pd
+
+    scores = pq.read_table(scores_path).combine_chunks()
+    if scores.num_rows == 0:
+        return 0
+    with _reported(target, f"publishing the update {scores_path.name}"):
+        conformed = conform_batch(scores.to_batches()[0], CUSTOMER_SCORES, scores_path.name)
+        rows: list[tuple[TableSpec, pa.RecordBatch]] = [(CUSTOMER_SCORES, conformed)]
+        with open_sink(target) as sink:
+            sink.ensure_schema()
+            assignments = _assignments_of(sink, target, conformed)
+            if len(assignments):
+                fresh = conformed.to_pandas()[["snapshot_date", "customer_id", *_COPIED]]
+                merged = assignments.drop(columns=list(_COPIED)).merge(
+                    fresh, on=["snapshot_date", "customer_id"], how="inner"
+                )
+                batch = pa.RecordBatch.from_pandas(
+                    pd.DataFrame(merged[CUSTOMER_ASSIGNMENTS.names]), preserve_index=False
+                )
+                rows.append(
+                    (CUSTOMER_ASSIGNMENTS, conform_batch(batch, CUSTOMER_ASSIGNMENTS, "update"))
+                )
+            sink.upsert(rows)
+    return conformed.num_rows
+
+
+# The classes an allocation row copies from the customer's score row.
+_COPIED = ("value_tier", "risk_band", "churn_probability", "value_at_risk", "top_reasons")
+
+
+def _assignments_of(sink: Sink, target: PublishTarget, scores: pa.RecordBatch) -> pd.DataFrame:
+    """Return the allocation rows of the customers and snapshot of ``scores``."""
+    import pandas as pd
+
+    snapshot = scores.column("snapshot_date")[0].as_py()
+    table = qualified(target, target.names.customer_assignments)
+    ids = scores.column("customer_id").to_pylist()
+    found, columns = [], CUSTOMER_ASSIGNMENTS.names
+    for start in range(0, len(ids), _IDS_PER_QUERY):  # within every database's parameter limit
+        chunk = ids[start : start + _IDS_PER_QUERY]
+        rows, columns = sink.query(
+            f"SELECT * FROM {table} WHERE snapshot_date = ? "
+            f"AND customer_id IN ({', '.join('?' * len(chunk))})",
+            (snapshot.isoformat(), *chunk),
+        )
+        found += rows
+    frame = pd.DataFrame(found, columns=columns)
+    frame["snapshot_date"] = snapshot
+    return frame
+
+
+_IDS_PER_QUERY = 500
+
+
+def append_rows(target: PublishTarget, spec: TableSpec, rows: list[dict[str, Any]]) -> int:
+    """Insert rows into ``spec``'s table in one transaction (feedback, audit); return rows.
+
+    Raises:
+        PublishError: A value does not fit its column, or the database refused the rows.
+    """
+    batch = pa.RecordBatch.from_pylist(
+        [{name: row.get(name) for name in spec.names} for row in rows]
+    )
+    with _reported(target, f"writing to table {target.names.table(spec)!r}"):
+        conformed = conform_batch(batch, spec, spec.key)
+        with open_sink(target) as sink:
+            sink.ensure_schema()
+            sink.upsert([(spec, conformed)])
+    return len(rows)
+
+
+def read_feedback(target: PublishTarget, customer_id: str | None = None) -> pd.DataFrame:
+    """Return the ``customer_feedback`` rows (of one customer), oldest first.
+
+    Raises:
+        PublishError: The database cannot be reached.
+    """
+    table = qualified(target, target.names.customer_feedback)
+    where, params = ("WHERE customer_id = ?", (customer_id,)) if customer_id else ("", ())
+    return read_table(
+        target, f"SELECT * FROM {table} {where} ORDER BY received_at, feedback_id", params
+    )
+
+
 def qualified(target: PublishTarget, name: str) -> str:
     """Return an output table's quoted name, with the schema on PostgreSQL."""
     return Dialect("output", {}, target.db_schema).qualify(name)
@@ -440,7 +539,7 @@ def record_run(target: PublishTarget, record: RunRecord) -> None:
         conformed = conform_batch(batch, PIPELINE_RUNS, "run log")
         with open_sink(target) as sink:
             sink.ensure_schema()
-            sink.upsert(PIPELINE_RUNS, conformed)
+            sink.upsert([(PIPELINE_RUNS, conformed)])
 
 
 @contextmanager

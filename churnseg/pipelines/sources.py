@@ -19,7 +19,9 @@ import glob
 import shutil
 import tempfile
 import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -34,7 +36,14 @@ import sqlalchemy as sa
 from ibis.backends import BaseBackend
 from ibis.backends.duckdb import Backend as DuckDBBackend
 
-from churnseg.features.cleaning import BAD_ENCODING, MALFORMED_LINE, REASON, ROW
+from churnseg.features.cleaning import (
+    BAD_ENCODING,
+    MALFORMED_LINE,
+    REASON,
+    ROW,
+    ReadOptions,
+    parse_timestamp,
+)
 from churnseg.pipelines.config import Config, ConfigError, EngineConfig, SourceConfig, redact_url
 
 REJECTS_SUFFIX = ".rejects.parquet"
@@ -265,8 +274,18 @@ def _arrow_column(values: list[Any]) -> pa.Array | None:
     return None if pa.types.is_null(array.type) else array
 
 
-def _sql_parts(name: str, source: SourceConfig, config: Config, parts: Path) -> list[str]:
-    """Stream a database table or query into Parquet parts; return the column names."""
+def _sql_parts(
+    name: str,
+    source: SourceConfig,
+    config: Config,
+    parts: Path,
+    customers: Sequence[str] | None = None,
+) -> list[str]:
+    """Stream a database table or query (the rows of ``customers``) into Parquet parts.
+
+    Returns:
+        The column names.
+    """
     url = database_url(config.resolve(source.url or ""))
     shown = url.render_as_string(hide_password=True)
     where = f"table {name!r} ({shown})"
@@ -278,15 +297,13 @@ def _sql_parts(name: str, source: SourceConfig, config: Config, parts: Path) -> 
         ) from None
     try:
         with engine.connect() as conn:
-            if source.table is not None:
-                schema, _, table = source.table.rpartition(".")
-                if not sa.inspect(conn).has_table(table, schema=schema or None):
-                    raise SourceError(f"{where}: no table {source.table!r} in the database")
-                stmt: Any = sa.select(sa.text("*")).select_from(
-                    sa.table(table, schema=schema or None)
-                )
-            else:
-                stmt = sa.text(source.query or "")
+            stmt: Any = _source_select(conn, source, where, customers is not None)
+            if customers is not None:
+                # The database compares its own id type with the ids given as text (psycopg
+                # sends text untyped, so PostgreSQL reads it as the column's type and uses an
+                # index on it).
+                column: Any = sa.column(_customer_column(source))
+                stmt = stmt.where(column.in_(list(customers)))
             result = conn.execution_options(
                 stream_results=True, max_row_buffer=source.batch_rows
             ).execute(stmt)
@@ -314,6 +331,28 @@ def _sql_parts(name: str, source: SourceConfig, config: Config, parts: Path) -> 
     finally:
         engine.dispose()
     return columns
+
+
+def _source_from(conn: sa.Connection, source: SourceConfig, where: str) -> tuple[Any, list[str]]:
+    """Return a database source as a FROM clause, and its column names."""
+    stmt = _source_select(conn, source, where, wrap=True)
+    columns = list(conn.execute(stmt.limit(0)).keys())
+    return stmt.subquery("churnseg_rows"), columns
+
+
+def _source_select(conn: sa.Connection, source: SourceConfig, where: str, wrap: bool) -> Any:
+    """Return a SELECT of every row of a database source (its table, or its query).
+
+    ``wrap``: a query source becomes a subquery, so a WHERE clause can be added to it.
+    """
+    if source.table is not None:
+        schema, _, table = source.table.rpartition(".")
+        if not sa.inspect(conn).has_table(table, schema=schema or None):
+            raise SourceError(f"{where}: no table {source.table!r} in the database")
+        return sa.select(sa.text("*")).select_from(sa.table(table, schema=schema or None))
+    if wrap:
+        return sa.select(sa.text("*")).select_from(sa.text(f"({source.query}) AS churnseg_query"))
+    return sa.text(source.query or "")
 
 
 def _rejected_lines(con: DuckDBBackend, rejects: str, header: bool, offset: int) -> ir.Table:
@@ -353,10 +392,37 @@ def _with_source_rows(numbered: ir.Table, rejected: pa.Table, offset: int) -> ir
     return joined.mutate(**{ROW: row.cast("int64")}).drop("threshold", "before")
 
 
+def _customer_column(source: SourceConfig) -> str:
+    """Return the source's name of the customer id column."""
+    return source.columns.get("customer_id", "customer_id")
+
+
+def _only_customers(
+    table: ir.Table, source: SourceConfig, customers: Sequence[str] | None
+) -> ir.Table:
+    """Return the rows of ``table`` whose customer id is one of ``customers`` (all when None)."""
+    if customers is None:
+        return table
+    column = _customer_column(source)
+    if column not in table.columns:
+        return table
+    return table.filter(table[column].cast("string").strip().isin(list(customers)))
+
+
 def _csv_part(
-    con: DuckDBBackend, name: str, file: str, source: SourceConfig, offset: int, target: Path
+    con: DuckDBBackend,
+    name: str,
+    file: str,
+    source: SourceConfig,
+    offset: int,
+    target: Path,
+    customers: Sequence[str] | None = None,
 ) -> tuple[int, pa.Table]:
-    """Copy one CSV file to ``target``; return its source rows and its rejected lines."""
+    """Copy one CSV file to ``target``; return its source rows and its rejected lines.
+
+    With ``customers``, only their rows are copied (``_row`` is their line) and the rows copied
+    are returned with no rejected line: a line the reader could not split has no customer.
+    """
     rejects = f"rejects_{name}_{target.stem.replace('-', '_')}"
     options: dict[str, Any] = {
         "header": source.header,
@@ -372,7 +438,12 @@ def _csv_part(
         table = con.read_csv(file, **options)
         if ROW in table.columns:
             raise SourceError(f"table {name!r}: {file} has a column named {ROW!r} (reserved)")
-        con.to_parquet(table.mutate(**{ROW: ibis.row_number() + offset}), target)
+        numbered = table.mutate(**{ROW: ibis.row_number() + offset})
+        con.to_parquet(_only_customers(numbered, source, customers), target)
+        if customers is not None:
+            # ``_row`` positions past rejected lines are not corrected: a scoped copy is never
+            # quarantined by position, and its rejected lines belong to no customer.
+            return int(pq.ParquetFile(target).metadata.num_rows), _no_rejects()
         rejected = con.to_pyarrow(_rejected_lines(con, rejects, source.header, offset))
         if rejected.num_rows:
             shifted = target.with_suffix(".shifted.parquet")
@@ -384,27 +455,51 @@ def _csv_part(
     return accepted + rejected.num_rows, rejected
 
 
-def _parquet_part(con: DuckDBBackend, name: str, file: str, offset: int, target: Path) -> int:
-    """Copy one Parquet file to ``target`` with ``_row``; return its rows."""
+def _parquet_part(
+    con: DuckDBBackend,
+    name: str,
+    file: str,
+    offset: int,
+    target: Path,
+    source: SourceConfig,
+    customers: Sequence[str] | None = None,
+) -> int:
+    """Copy one Parquet file (the rows of ``customers``) to ``target`` with ``_row``.
+
+    Returns:
+        The rows copied.
+    """
     try:
         table = con.read_parquet(file, file_row_number=True)
         if ROW in table.columns:
             raise SourceError(f"table {name!r}: {file} has a column named {ROW!r} (reserved)")
         row = (table.file_row_number + offset).cast("int64")
-        con.to_parquet(table.mutate(**{ROW: row}).drop("file_row_number"), target)
+        numbered = table.mutate(**{ROW: row}).drop("file_row_number")
+        con.to_parquet(_only_customers(numbered, source, customers), target)
     except duckdb.Error as exc:
         raise SourceError(f"table {name!r}: cannot read {file}: {_first_line(exc, None)}") from None
     return int(pq.ParquetFile(target).metadata.num_rows)
 
 
-def _file_parts(
-    con: DuckDBBackend, name: str, source: SourceConfig, config: Config, parts: Path
-) -> pa.Table:
-    """Copy every file of a file source to ``parts``; return the rejected CSV lines."""
+def _source_files(name: str, source: SourceConfig, config: Config) -> list[str]:
+    """Return the files of a file source, in sorted name order (at least one)."""
     pattern = config.resolve(source.path or "")
     files = sorted(glob.glob(pattern))
     if not files:
         raise SourceError(f"table {name!r}: no file matches {pattern}")
+    return files
+
+
+def _file_parts(
+    con: DuckDBBackend,
+    name: str,
+    source: SourceConfig,
+    config: Config,
+    parts: Path,
+    customers: Sequence[str] | None = None,
+) -> pa.Table:
+    """Copy every file of a file source to ``parts``; return the rejected CSV lines."""
+    files = _source_files(name, source, config)
     parts.mkdir(parents=True, exist_ok=True)
     offset = 0
     rejected: list[pa.Table] = []
@@ -415,19 +510,32 @@ def _file_parts(
             )
         target = parts / f"part-{index:06d}.parquet"
         if source.file_format == "csv":
-            rows, bad = _csv_part(con, name, file, source, offset, target)
+            rows, bad = _csv_part(con, name, file, source, offset, target, customers)
             rejected.append(bad)
         else:
-            rows = _parquet_part(con, name, file, offset, target)
+            rows = _parquet_part(con, name, file, offset, target, source, customers)
         offset += rows
-    empty = pa.table({c: pa.array([], type=t) for c, t in REJECT_COLUMNS.items()})
+    empty = _no_rejects()
     return pa.concat_tables([empty, *(t.cast(empty.schema) for t in rejected)])
 
 
+def _no_rejects() -> pa.Table:
+    """Return an empty table of rejected lines."""
+    return pa.table({c: pa.array([], type=t) for c, t in REJECT_COLUMNS.items()})
+
+
 def extract_table(
-    con: DuckDBBackend, name: str, source: SourceConfig, config: Config, out_dir: Path
+    con: DuckDBBackend,
+    name: str,
+    source: SourceConfig,
+    config: Config,
+    out_dir: Path,
+    customers: Sequence[str] | None = None,
 ) -> Extracted:
     """Copy the source of logical table ``name`` to ``out_dir/<name>.parquet``.
+
+    With ``customers`` (ids as text), only the rows of those customers are copied: an
+    intra-day update reads a few customers' history, filtered in the database or by DuckDB.
 
     Raises:
         SourceError: A file is missing, empty or unreadable, the database cannot be reached,
@@ -442,10 +550,10 @@ def extract_table(
     try:
         columns: list[str] | None = None
         if source.path is not None:
-            rejected = _file_parts(con, name, source, config, parts)
+            rejected = _file_parts(con, name, source, config, parts, customers)
         else:
-            columns = _sql_parts(name, source, config, parts)
-            rejected = pa.table({c: pa.array([], type=t) for c, t in REJECT_COLUMNS.items()})
+            columns = _sql_parts(name, source, config, parts, customers)
+            rejected = _no_rejects()
         files = sorted(str(p) for p in parts.glob("part-*.parquet"))
         if len(files) == 1 and columns is None:
             # One source file: its part already is the table (copying it again cost 10 s
@@ -474,13 +582,169 @@ def extract_table(
     )
 
 
-def extract_sources(config: Config, out_dir: Path) -> dict[str, int]:
+def extract_sources(
+    config: Config, out_dir: Path, customers: Sequence[str] | None = None
+) -> dict[str, int]:
     """Copy every configured source to ``out_dir/<table>.parquet``; return source rows per table.
 
     Source rows count the CSV lines the reader rejected (``<table>.rejects.parquet``) too.
+    With ``customers``, only their rows are copied (``extract_table``).
     """
     con = connect_engine(config.engine)
-    return {
-        name: extract_table(con, name, source, config, out_dir).rows
-        for name, source in sorted(config.sources.items())
+    try:
+        return {
+            name: extract_table(con, name, source, config, out_dir, customers).rows
+            for name, source in sorted(config.sources.items())
+        }
+    finally:
+        con.disconnect()
+
+
+# Where each table records that something happened to a customer: what makes a customer
+# "changed" since a snapshot (``customers_changed_since``).
+DATED_COLUMNS: Mapping[str, tuple[str, ...]] = {
+    "customers": ("signup_date", "churn_date"),
+    "transactions": ("timestamp",),
+    "events": ("timestamp",),
+    "subscriptions": ("start_date", "end_date"),
+}
+
+
+def _file_relation(con: DuckDBBackend, name: str, source: SourceConfig, config: Config) -> ir.Table:
+    """Return every file of a file source as one DuckDB relation (CSV as text)."""
+    files = _source_files(name, source, config)
+    if source.file_format != "csv":
+        return con.read_parquet(files, union_by_name=True)
+    options: dict[str, Any] = {
+        "header": source.header,
+        "all_varchar": True,
+        "encoding": source.encoding,
+        "ignore_errors": True,  # lines the reader cannot split have no customer to find
     }
+    if source.delimiter is not None:
+        options["delim"] = source.delimiter
+    return con.read_csv(files, **options)
+
+
+def _changed_in_file(
+    con: DuckDBBackend,
+    name: str,
+    source: SourceConfig,
+    config: Config,
+    since: datetime,
+    until: datetime,
+) -> set[str]:
+    """Return the ids of a file source with a dated row in ``[since, until]``."""
+    try:
+        raw = _file_relation(con, name, source, config)
+        id_column = _customer_column(source)
+        dated = [source.columns.get(c, c) for c in DATED_COLUMNS[name]]
+        dated = [c for c in dated if c in raw.columns]
+        if id_column not in raw.columns or not dated:
+            return set()
+        options = ReadOptions(tuple(source.date_formats), source.time_zone)
+        start = ibis.literal(since.replace(tzinfo=None), "timestamp")
+        end = ibis.literal(until.replace(tzinfo=None), "timestamp")
+        newer = [parse_timestamp(raw[c], options).between(start, end) for c in dated]
+        condition = newer[0] if len(newer) == 1 else ibis.or_(*newer)
+        ids = raw.filter(condition.fill_null(False)).select(
+            customer_id=raw[id_column].cast("string").strip()
+        )
+        found = con.to_pyarrow(ids.distinct()).column("customer_id").to_pylist()
+    except duckdb.Error as exc:
+        raise SourceError(f"table {name!r}: cannot read: {_first_line(exc, None)}") from None
+    return {i for i in found if i}
+
+
+def _changed_in_database(
+    name: str, source: SourceConfig, config: Config, since: datetime, until: datetime
+) -> set[str]:
+    """Return the ids of a database source with a dated row in ``[since, until]``.
+
+    The moments go to the database as untyped text, so they compare with a timestamp, a date
+    or an ISO text column alike, in the database's own types.
+    """
+    url = database_url(config.resolve(source.url or ""))
+    where = f"table {name!r} ({url.render_as_string(hide_password=True)})"
+    id_column = _customer_column(source)
+    dated = [source.columns.get(c, c) for c in DATED_COLUMNS[name]]
+    start, end = (m.replace(tzinfo=None).strftime("%Y-%m-%d %H:%M:%S") for m in (since, until))
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            rows, columns = _source_from(conn, source, where)
+            present = [c for c in dated if c in columns]
+            if id_column not in columns or not present:
+                return set()
+            stmt: Any = (
+                sa.select(sa.column(id_column))
+                .select_from(rows)
+                .where(sa.or_(*(sa.column(c).between(start, end) for c in present)))
+                .distinct()
+            )
+            found = conn.execute(stmt).scalars().all()
+    except sa.exc.SQLAlchemyError as exc:
+        reason = _first_line(getattr(exc, "orig", None) or exc, url.password)
+        raise SourceError(f"{where}: cannot read: {reason}") from None
+    finally:
+        engine.dispose()
+    return {str(i).strip() for i in found if i is not None and str(i).strip()}
+
+
+def customers_changed_since(
+    config: Config, since: datetime, until: datetime
+) -> dict[str, set[str]]:
+    """Return, per source table, the ids of customers with a dated row in ``[since, until]``.
+
+    A dated row is a transaction or event, a subscription start or end, or a customer's
+    signup or churn date (``DATED_COLUMNS``). Dates are read as cleaning reads them (formats,
+    time zone). A row whose date does not parse is not a change, nor is one after ``until``
+    (the update's moment): cleaning would quarantine the first, features cannot see the second.
+    """
+    found: dict[str, set[str]] = {}
+    con = connect_engine(config.engine)
+    try:
+        for name in DATED_COLUMNS:
+            source = config.sources.get(name)
+            if source is None:
+                continue
+            if source.path is not None:
+                found[name] = _changed_in_file(con, name, source, config, since, until)
+            else:
+                found[name] = _changed_in_database(name, source, config, since, until)
+    finally:
+        con.disconnect()
+    return found
+
+
+def source_customer_ids(config: Config) -> set[str]:
+    """Return every customer id of the ``customers`` source, as text (empty without one)."""
+    source = config.sources.get("customers")
+    if source is None:
+        return set()
+    id_column = _customer_column(source)
+    if source.path is not None:
+        con = connect_engine(config.engine)
+        try:
+            raw = _file_relation(con, "customers", source, config)
+            ids = raw.select(customer_id=raw[id_column].cast("string").strip()).distinct()
+            found = con.to_pyarrow(ids).column("customer_id").to_pylist()
+        except duckdb.Error as exc:
+            raise SourceError(f"table 'customers': cannot read: {_first_line(exc, None)}") from None
+        finally:
+            con.disconnect()
+        return {i for i in found if i}
+    url = database_url(config.resolve(source.url or ""))
+    where = f"table 'customers' ({url.render_as_string(hide_password=True)})"
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            rows, _ = _source_from(conn, source, where)
+            stmt: Any = sa.select(sa.column(id_column)).select_from(rows).distinct()
+            found = conn.execute(stmt).scalars().all()
+    except sa.exc.SQLAlchemyError as exc:
+        reason = _first_line(getattr(exc, "orig", None) or exc, url.password)
+        raise SourceError(f"{where}: cannot read: {reason}") from None
+    finally:
+        engine.dispose()
+    return {str(i).strip() for i in found if i is not None and str(i).strip()}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
@@ -16,13 +16,15 @@ from churnseg.pipelines.config import Config
 from churnseg.pipelines.publish import (
     AllocationFiles,
     publish_allocation,
+    publish_intraday,
     publish_scores,
     publish_segment_profiles,
     target_from_config,
 )
 from churnseg.pipelines.quality import TableQuality
-from churnseg.pipelines.stages import RunPaths
+from churnseg.pipelines.stages import RunPaths, intraday
 from churnseg.pipelines.stages.allocating import AllocationOutcome, allocation_stage
+from churnseg.pipelines.stages.intraday import PublishedSnapshot, Rescorer
 
 if TYPE_CHECKING:
     from churnseg.pipelines.monitor import MonitorOutcome, Reference
@@ -180,6 +182,46 @@ def allocate(config: Config, paths: RunPaths, scores_path: Path, run_id: str) ->
 def publish_assignments(config: Config, files: AllocationFiles) -> int:
     """Publish an allocation alone (both tables, one transaction)."""
     return publish_allocation(files, target_from_config(config))
+
+
+@task(
+    name="find-changed-customers",
+    cache_policy=NONE,
+    retries=IO_RETRIES,
+    retry_delay_seconds=IO_RETRY_DELAYS,
+    retry_condition_fn=retry_on_transient,
+    timeout_seconds=TIMEOUT_IO,
+)
+def changed_customers(config: Config, snapshot: PublishedSnapshot, as_of: datetime) -> list[str]:
+    """Return the customers with rows newer than the snapshot (or missing from it)."""
+    return intraday.changed_customers(config, target_from_config(config), snapshot, as_of)
+
+
+@task(name="rescore-customers", cache_policy=NONE, timeout_seconds=TIMEOUT_COMPUTE)
+def rescore(
+    config: Config,
+    rescorer: Rescorer,
+    customer_ids: list[str],
+    as_of: datetime,
+    paths: RunPaths,
+    run_id: str,
+) -> Path | None:
+    """Re-score some customers as of a moment into the run folder's scores file."""
+    target = target_from_config(config)
+    return intraday.rescore_stage(config, target, rescorer, customer_ids, as_of, paths, run_id)
+
+
+@task(
+    name="publish-update",
+    cache_policy=NONE,
+    retries=IO_RETRIES,
+    retry_delay_seconds=IO_RETRY_DELAYS,
+    retry_condition_fn=retry_on_transient,
+    timeout_seconds=TIMEOUT_IO,
+)
+def publish_update(config: Config, scores_path: Path) -> int:
+    """Write an intra-day update's rows into their snapshot in one transaction."""
+    return publish_intraday(scores_path, target_from_config(config))
 
 
 @task(

@@ -102,8 +102,12 @@ class Sink(Protocol):
         """
         ...
 
-    def upsert(self, spec: TableSpec, batch: pa.RecordBatch) -> None:
-        """Insert the rows of ``batch``, replacing rows with the same primary key."""
+    def upsert(self, rows: Sequence[tuple[TableSpec, pa.RecordBatch]]) -> None:
+        """Insert the rows of every batch into its table in one transaction.
+
+        A row replaces the row with the same primary key (the intra-day update of a customer's
+        score, a run log entry written again).
+        """
         ...
 
     def query(self, sql: str, params: tuple[Any, ...] = ()) -> tuple[list[Any], list[str]]:

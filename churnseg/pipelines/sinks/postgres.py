@@ -205,22 +205,25 @@ class PostgresSink:
         if item.retention is not None:
             apply_retention(cur.execute, table, part, item.retention, "%s")
 
-    def upsert(self, spec: TableSpec, batch: pa.RecordBatch) -> None:
-        """Insert ``batch``, replacing rows with the same primary key, in one transaction."""
-        table = self.dialect.qualify(self.names.table(spec))
-        columns = ", ".join(quote(c) for c in spec.names)
-        keys = ", ".join(quote(c) for c in spec.primary_key)
-        updates = ", ".join(
-            f"{quote(c)} = EXCLUDED.{quote(c)}" for c in spec.names if c not in spec.primary_key
-        )
-        placeholders = ", ".join(["%s"] * len(spec.names))
-        rows = list(zip(*(batch.column(c).to_pylist() for c in spec.names), strict=True))
+    def upsert(self, rows: Sequence[tuple[TableSpec, pa.RecordBatch]]) -> None:
+        """Insert every batch, replacing rows with the same primary key, in one transaction."""
         with self._transaction() as cur:
-            cur.executemany(
-                f"INSERT INTO {table} ({columns}) VALUES ({placeholders}) "
-                f"ON CONFLICT ({keys}) DO UPDATE SET {updates}",
-                rows,
-            )
+            for spec, batch in rows:
+                table = self.dialect.qualify(self.names.table(spec))
+                columns = ", ".join(quote(c) for c in spec.names)
+                keys = ", ".join(quote(c) for c in spec.primary_key)
+                updates = ", ".join(
+                    f"{quote(c)} = EXCLUDED.{quote(c)}"
+                    for c in spec.names
+                    if c not in spec.primary_key
+                )
+                placeholders = ", ".join(["%s"] * len(spec.names))
+                values = zip(*(batch.column(c).to_pylist() for c in spec.names), strict=True)
+                cur.executemany(
+                    f"INSERT INTO {table} ({columns}) VALUES ({placeholders}) "
+                    f"ON CONFLICT ({keys}) DO UPDATE SET {updates}",
+                    list(values),
+                )
 
     def query(self, sql: str, params: tuple[Any, ...] = ()) -> tuple[list[Any], list[str]]:
         """Return the rows and column names of a read-only query (``?`` placeholders)."""

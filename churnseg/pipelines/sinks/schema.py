@@ -22,13 +22,15 @@ import pyarrow.compute as pc
 
 from churnseg.pipelines.sinks.errors import PublishError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 VERSION_TABLE = "churnseg_schema"
 VERSION_NOTES: Mapping[int, str] = {
     1: "customer_scores as first released",
     2: "output contract: tiers, lifecycle, risk band, reasons, value columns; latest view; "
     "segment profiles; data quarantine; pipeline run log",
     3: "allocation: customer_assignments, owner_workload, view owner_contact_list",
+    4: "intra-day updates: customer_scores.features_as_of and update_kind; customer_feedback; "
+    "api_audit",
 }
 # Lower-case only, so ops can write names unquoted in PostgreSQL; at most 48 characters so the
 # derived view and index names stay within PostgreSQL's 63-byte identifier limit.
@@ -70,10 +72,14 @@ class Column:
 
 @dataclass(frozen=True)
 class Index:
-    """A secondary index, named ``<table>_<suffix>``."""
+    """A secondary index, named ``<table>_<suffix>``, created at schema version ``since``.
+
+    ``since`` None: with the table.
+    """
 
     suffix: str
     columns: tuple[str, ...]
+    since: int | None = None
 
 
 @dataclass(frozen=True)
@@ -134,6 +140,11 @@ CUSTOMER_SCORES = TableSpec(
         Column("churn_model_version", Kind.INTEGER),
         Column("run_id", Kind.TEXT),
         Column("scored_at", Kind.TIMESTAMP),
+        # When the features were taken: the snapshot's midnight for a full snapshot, the
+        # moment of the update for an intra-day row (``score --changed``, the API's rescore).
+        Column("features_as_of", Kind.TIMESTAMP, nullable=True, since=4),
+        # 'snapshot' (a full scoring run) or 'intraday' (null in rows published before v4).
+        Column("update_kind", Kind.TEXT, nullable=True, since=4),
     ),
     primary_key=("snapshot_date", "customer_id"),
     partition="snapshot_date",
@@ -217,7 +228,11 @@ CUSTOMER_ASSIGNMENTS = TableSpec(
     primary_key=("snapshot_date", "customer_id"),
     partition="snapshot_date",
     created=3,
-    indexes=(Index("by_owner", ("owner_id", "snapshot_date")),),
+    indexes=(
+        Index("by_owner", ("owner_id", "snapshot_date")),
+        # The API looks up one customer's owner.
+        Index("by_customer", ("customer_id", "snapshot_date"), since=4),
+    ),
 )
 
 OWNER_WORKLOAD = TableSpec(
@@ -242,6 +257,46 @@ OWNER_WORKLOAD = TableSpec(
     created=3,
 )
 
+CUSTOMER_FEEDBACK = TableSpec(
+    key="customer_feedback",
+    columns=(
+        Column("feedback_id", Kind.TEXT, since=4),
+        Column("received_at", Kind.TIMESTAMP, since=4),
+        # 'correction' (a person's class for a customer) or 'contact' (a contact outcome).
+        Column("kind", Kind.TEXT, since=4),
+        Column("customer_id", Kind.TEXT, since=4),
+        Column("author", Kind.TEXT, since=4),
+        Column("field", Kind.TEXT, nullable=True, since=4),
+        Column("value", Kind.TEXT, nullable=True, since=4),
+        Column("reason", Kind.TEXT, nullable=True, since=4),
+        Column("contacted_at", Kind.TIMESTAMP, nullable=True, since=4),
+        Column("channel", Kind.TEXT, nullable=True, since=4),
+        Column("outcome", Kind.TEXT, nullable=True, since=4),
+    ),
+    primary_key=("feedback_id",),
+    partition="feedback_id",
+    created=4,
+    indexes=(Index("by_customer", ("customer_id", "received_at")),),
+)
+
+API_AUDIT = TableSpec(
+    key="api_audit",
+    columns=(
+        Column("audit_id", Kind.TEXT, since=4),
+        Column("at", Kind.TIMESTAMP, since=4),
+        Column("actor", Kind.TEXT, nullable=True, since=4),
+        Column("method", Kind.TEXT, since=4),
+        Column("path", Kind.TEXT, since=4),
+        Column("customer_id", Kind.TEXT, nullable=True, since=4),
+        Column("status", Kind.INTEGER, since=4),
+        Column("detail", Kind.TEXT, nullable=True, since=4),
+    ),
+    primary_key=("audit_id",),
+    partition="audit_id",
+    created=4,
+    indexes=(Index("by_time", ("at",)),),
+)
+
 TABLES: tuple[TableSpec, ...] = (
     CUSTOMER_SCORES,
     SEGMENT_PROFILES,
@@ -249,6 +304,8 @@ TABLES: tuple[TableSpec, ...] = (
     PIPELINE_RUNS,
     CUSTOMER_ASSIGNMENTS,
     OWNER_WORKLOAD,
+    CUSTOMER_FEEDBACK,
+    API_AUDIT,
 )
 # Tables whose rows belong to one owner: row-level security on PostgreSQL.
 OWNER_TABLES: tuple[TableSpec, ...] = (CUSTOMER_ASSIGNMENTS, OWNER_WORKLOAD)
@@ -286,6 +343,8 @@ class OutputNames:
     customer_assignments: str = "customer_assignments"
     owner_workload: str = "owner_workload"
     owner_contact_list: str = "owner_contact_list"
+    customer_feedback: str = "customer_feedback"
+    api_audit: str = "api_audit"
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -351,16 +410,22 @@ def _table_steps(spec: TableSpec, dialect: Dialect, names: OutputNames, version:
         if spec.primary_key:
             columns.append(f"PRIMARY KEY ({', '.join(quote(c) for c in spec.primary_key)})")
         statements = [f"CREATE TABLE IF NOT EXISTS {target} ({', '.join(columns)})"]
-        statements += [
-            f"CREATE INDEX IF NOT EXISTS {quote(f'{table}_{ix.suffix}')} ON {target} "
-            f"({', '.join(quote(c) for c in ix.columns)})"
-            for ix in spec.indexes
-        ]
-        return statements
+        return statements + _index_steps(spec, target, table, version)
     added = [c for c in spec.columns if c.since == version]
     if any(not c.nullable for c in added):
         raise AssertionError(f"{spec.key}: a column added by a migration must be nullable")
-    return [f"ALTER TABLE {target} ADD COLUMN {_column_sql(c, dialect)}" for c in added]
+    alters = [f"ALTER TABLE {target} ADD COLUMN {_column_sql(c, dialect)}" for c in added]
+    return alters + _index_steps(spec, target, table, version)
+
+
+def _index_steps(spec: TableSpec, target: str, table: str, version: int) -> list[str]:
+    """Return the statements creating the indexes of ``spec`` that belong to ``version``."""
+    return [
+        f"CREATE INDEX IF NOT EXISTS {quote(f'{table}_{ix.suffix}')} ON {target} "
+        f"({', '.join(quote(c) for c in ix.columns)})"
+        for ix in spec.indexes
+        if (ix.since or spec.created) == version
+    ]
 
 
 def _latest_view_steps(dialect: Dialect, names: OutputNames, version: int) -> list[str]:
@@ -428,8 +493,11 @@ def migration_steps(dialect: Dialect, names: OutputNames, applied: Mapping[str, 
             statements = _latest_view_steps(dialect, names, version) if rebuild else []
             steps.append(Step(view, version, tuple(statements)))
         contacts = names.owner_contact_list
-        if applied.get(contacts, 0) < version and version == CONTACT_LIST_SINCE:
-            steps.append(Step(contacts, version, tuple(_contact_list_steps(dialect, names))))
+        if applied.get(contacts, 0) < version and version >= CONTACT_LIST_SINCE:
+            # Built once; recorded at every later version, like the latest view.
+            rebuild = version == CONTACT_LIST_SINCE
+            statements = _contact_list_steps(dialect, names) if rebuild else []
+            steps.append(Step(contacts, version, tuple(statements)))
     return steps
 
 

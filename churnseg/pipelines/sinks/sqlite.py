@@ -151,20 +151,24 @@ class SqliteSink:
             apply_retention(con.execute, table, part, item.retention, "?")
         return written
 
-    def upsert(self, spec: TableSpec, batch: pa.RecordBatch) -> None:
-        """Insert ``batch``, replacing rows with the same primary key, in one transaction."""
-        table = quote(self.names.table(spec))
-        columns = ", ".join(quote(c) for c in spec.names)
-        keys = ", ".join(quote(c) for c in spec.primary_key)
-        updates = ", ".join(
-            f"{quote(c)} = excluded.{quote(c)}" for c in spec.names if c not in spec.primary_key
-        )
-        statement = (
-            f"INSERT INTO {table} ({columns}) VALUES ({', '.join('?' * len(spec.names))}) "
-            f"ON CONFLICT ({keys}) DO UPDATE SET {updates}"
-        )
+    def upsert(self, rows: Sequence[tuple[TableSpec, pa.RecordBatch]]) -> None:
+        """Insert every batch, replacing rows with the same primary key, in one transaction."""
         with self._transaction() as con:
-            con.executemany(statement, _rows(batch, spec))
+            for spec, batch in rows:
+                table = quote(self.names.table(spec))
+                columns = ", ".join(quote(c) for c in spec.names)
+                keys = ", ".join(quote(c) for c in spec.primary_key)
+                updates = ", ".join(
+                    f"{quote(c)} = excluded.{quote(c)}"
+                    for c in spec.names
+                    if c not in spec.primary_key
+                )
+                statement = (
+                    f"INSERT INTO {table} ({columns}) "
+                    f"VALUES ({', '.join('?' * len(spec.names))}) "
+                    f"ON CONFLICT ({keys}) DO UPDATE SET {updates}"
+                )
+                con.executemany(statement, _rows(batch, spec))
 
     def query(self, sql: str, params: tuple[Any, ...] = ()) -> tuple[list[Any], list[str]]:
         """Return the rows and column names of a read-only query (``?`` placeholders)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -114,18 +115,29 @@ def _cleaning_rules(config: Config) -> CleaningRules:
     )
 
 
+ATTRIBUTES_FILE = "attributes.json"
+
+
 def _customer_options(
-    conformed: ir.Table, source: SourceConfig, config: Config, options: ReadOptions
+    conformed: ir.Table,
+    source: SourceConfig,
+    config: Config,
+    options: ReadOptions,
+    known: dict[str, AttributeKind] | None = None,
 ) -> CustomerOptions:
-    """Return attribute kinds (declared or inferred) and print what was inferred."""
+    """Return attribute kinds (declared or inferred) and print what was inferred.
+
+    ``known``: the kinds a full run settled on (an intra-day update's few rows cannot tell a
+    number from a category); they are not printed again.
+    """
     exclude = {source.latest_by} if source.latest_by else set()
     if config.features.label_column:  # the label is not an attribute
         exclude.add(config.features.label_column)
-    declared: dict[str, AttributeKind] = dict(source.attributes)
+    declared: dict[str, AttributeKind] = {**(known or {}), **source.attributes}
     attributes = infer_attributes(
         conformed, declared, exclude, config.cleaning.numeric_min_distinct, options
     )
-    inferred = {c: k for c, k in attributes.kinds.items() if c not in source.attributes}
+    inferred = {c: k for c, k in attributes.kinds.items() if c not in declared}
     if inferred:
         shown = ", ".join(f"{c}={k}" for c, k in inferred.items())
         # A printed summary, so a wrong guess is seen; sources.customers.attributes fixes it.
@@ -133,7 +145,12 @@ def _customer_options(
     return CustomerOptions(latest_by=source.latest_by, attributes=attributes, read=options)
 
 
-def clean_stage(config: Config, paths: RunPaths) -> dict[str, TableQuality]:
+def clean_stage(
+    config: Config,
+    paths: RunPaths,
+    scoped: bool = False,
+    attribute_kinds: dict[str, AttributeKind] | None = None,
+) -> dict[str, TableQuality]:
     """Conform, validate and clean every extracted table; write clean and quarantine files.
 
     Writes ``clean/<table>.parquet``, ``quarantine/<table>.parquet`` (raw source columns, ``_row``
@@ -141,6 +158,11 @@ def clean_stage(config: Config, paths: RunPaths) -> dict[str, TableQuality]:
     and ``quarantine.parquet`` in the run folder: every rejected row of every table in the fixed
     schema ``quality.QUARANTINE_SCHEMA`` (``run_id`` is the active MLflow run's, else null).
     Logs counts and the quality report to the active MLflow run, if any.
+
+    ``scoped``: the extract holds a few customers' rows (an intra-day update): a table may be
+    empty and the share quarantined is not checked; the full runs judge each table as a whole.
+    ``attribute_kinds`` then gives the customer attributes' kinds the full run inferred; every
+    run writes the kinds it used to ``clean/attributes.json``.
 
     Raises:
         DataContractError: A table lacks a required column, has no rows, or a required column
@@ -165,12 +187,18 @@ def clean_stage(config: Config, paths: RunPaths) -> dict[str, TableQuality]:
         raw = con.read_parquet(paths.raw / f"{name}.parquet")
         options = ReadOptions(tuple(source.date_formats), source.time_zone)
         conformed = conform(raw, CONTRACTS[name], source.columns, options)
-        rows = check_usable(raw, conformed, CONTRACTS[name], source.columns)
+        if scoped:
+            rows = int(raw.count().execute())
+        else:
+            rows = check_usable(raw, conformed, CONTRACTS[name], source.columns)
         customer_options = None
         if name == "customers":
-            customer_options = _customer_options(conformed, source, config, options)
+            customer_options = _customer_options(
+                conformed, source, config, options, attribute_kinds
+            )
             if customer_options.attributes is not None:
                 attributes = dict(customer_options.attributes.kinds)
+            (paths.clean / ATTRIBUTES_FILE).write_text(json.dumps(attributes))
         # Written once, so the duplicate windows run once for both outputs.
         tagged_file = paths.clean / f"{name}.tagged.parquet"
         tagged = tag_table(name, conformed, customer_ids, rules, customer_options)
@@ -222,7 +250,8 @@ def clean_stage(config: Config, paths: RunPaths) -> dict[str, TableQuality]:
         for name, (rows, by_reason) in counts.items()
     }
     _log_quality(report, attributes)
-    _check_quarantine_share(report, config.cleaning.max_quarantine_share)
+    if not scoped:
+        _check_quarantine_share(report, config.cleaning.max_quarantine_share)
     return report
 
 

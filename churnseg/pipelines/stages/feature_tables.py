@@ -19,7 +19,13 @@ from ibis.backends.duckdb import Backend as DuckDBBackend
 from mlflow import MlflowClient
 from numpy.typing import NDArray
 
-from churnseg.features.btyd import BTYD_FEATURES, SUMMARY, btyd_features
+from churnseg.features.btyd import (
+    BTYD_FEATURES,
+    SUMMARY,
+    btyd_features,
+    btyd_params,
+    fitted_btyd,
+)
 from churnseg.features.build import resolve_levels
 from churnseg.features.cleaning import DataContractError
 from churnseg.features.snapshots import (
@@ -39,7 +45,7 @@ from churnseg.pipelines.sources import (
     connect_engine,
     connect_feature_engine,
 )
-from churnseg.pipelines.stages.extract_clean import SEEN_FILE
+from churnseg.pipelines.stages.extract_clean import ATTRIBUTES_FILE, SEEN_FILE
 from churnseg.pipelines.stages.run_folder import CLEAN_ORDER, RunPaths
 
 
@@ -55,7 +61,12 @@ def unified_schema(schemas: list[pa.Schema]) -> pa.Schema:
 
 
 def _with_btyd(
-    con: DuckDBBackend, staged: list[Path], target: Path, horizon_days: int, period_days: int
+    con: DuckDBBackend,
+    staged: list[Path],
+    target: Path,
+    horizon_days: int,
+    period_days: int,
+    fixed: dict[str, float] | None = None,
 ) -> dict[str, float]:
     """Write the ``staged`` snapshots and their BTYD predictions (fitted per snapshot) to one file.
 
@@ -65,9 +76,14 @@ def _with_btyd(
     them first. The fit reads only the per-customer summary columns into pandas. Without
     transactions there is no BTYD summary: the snapshots are stacked as they are.
 
+    ``fixed``: parameters of an earlier fit (``btyd_params``) to predict with instead of
+    fitting; an intra-day update takes the full snapshot's, so a customer's predictions do
+    not depend on which other customers were re-scored with it.
+
     Returns:
-        The fitted parameters of the last snapshot (empty when it could not be fitted).
+        The parameters of the last snapshot (empty when it could not be fitted).
     """
+    fitted = fitted_btyd(fixed) if fixed is not None else None
     schema = unified_schema([pq.read_schema(path) for path in staged])
     has_summary = all(c in schema.names for c in SUMMARY)
     columns = ["customer_id", SNAPSHOT, *(SUMMARY if has_summary else ())]
@@ -89,10 +105,9 @@ def _with_btyd(
         )
         for snapshot in sorted(snapshots.unique()):
             rows = (snapshots == snapshot).to_numpy()
-            out, bgnbd, gamma = btyd_features(summary.loc[rows], horizon_days, period_days)
+            out, bgnbd, gamma = btyd_features(summary.loc[rows], horizon_days, period_days, fitted)
             predictions.loc[rows] = out.to_numpy()
-            params = {f"btyd_{k}": v for k, v in bgnbd.params_.items()} if bgnbd else {}
-            params |= {f"gamma_gamma_{k}": v for k, v in gamma.params_.items()} if gamma else {}
+            params = btyd_params(bgnbd, gamma)
         extra = pa.Table.from_pandas(predictions, preserve_index=False)
     else:
         extra = pa.table({})
@@ -237,11 +252,25 @@ def read_feature_table(path: Path, filters: Any = None) -> pd.DataFrame:
     return table.to_pandas(split_blocks=True, self_destruct=True)
 
 
+BUILD_SUFFIX = ".build.json"
+
+
+def build_file(features_path: Path) -> Path:
+    """Return where a feature table's build state is kept: its BTYD fit, attribute kinds.
+
+    ``{"btyd": {...}, "attribute_kinds": {...}}``: what an intra-day update of a snapshot
+    built from this table must reuse to give its customers the same features.
+    """
+    return features_path.with_suffix(BUILD_SUFFIX)
+
+
 def feature_stage(
     config: Config,
     paths: RunPaths,
     plan: CutoffPlan,
     only: tuple[str, ...] = FEATURE_TABLES,
+    btyd_fixed: dict[str, float] | None = None,
+    features: FeatureConfig | None = None,
 ) -> dict[str, int]:
     """Write training, validation and scoring feature tables; return their row counts.
 
@@ -253,10 +282,25 @@ def feature_stage(
     three tables share columns; a build without the training table (the score and monitor
     flows) takes them from the champion churn model's training run instead, so scoring gives
     the columns the champion expects. BG/NBD and Gamma-Gamma are fitted on each snapshot's own
-    history and add their predictions.
+    history and add their predictions; next to each table, ``<table>.build.json`` keeps the
+    parameters its newest snapshot was predicted with and the attribute kinds (``build_file``).
+
+    Args:
+        config: The run's config.
+        paths: The run folder (clean tables in, feature tables out).
+        plan: The cutoffs.
+        only: The tables to build.
+        btyd_fixed: Predict BTYD with these parameters instead of fitting (an intra-day
+            update: the published snapshot's fit).
+        features: Feature settings with every level list resolved (``champion_levels``), to
+            skip the registry lookup (the API resolves them once).
+
+    Metrics and parameters go to the active MLflow run, when there is one.
     """
     paths.features.mkdir(parents=True, exist_ok=True)
-    if "train" in only:  # a new model: levels from the config or today's data
+    if features is not None:
+        levels_from = "given"
+    elif "train" in only:  # a new model: levels from the config or today's data
         given = all(getattr(config.features, key) is not None for key in LEVEL_KEYS)
         features, levels_from = config.features, "config" if given else "data"
     else:
@@ -315,7 +359,10 @@ def feature_stage(
                     f"{', '.join(str(c) for c, _ in snapshots)} (label mode "
                     f"{settings.label!r}); check snapshots.as_of and the label settings"
                 )
-            params = _with_btyd(local.con, staged, target, h, settings.btyd_period_days)
+            params = _with_btyd(local.con, staged, target, h, settings.btyd_period_days, btyd_fixed)
+            kinds_file = paths.clean / ATTRIBUTES_FILE
+            kinds = json.loads(kinds_file.read_text()) if kinds_file.exists() else {}
+            build_file(target).write_text(json.dumps({"btyd": params, "attribute_kinds": kinds}))
             for path in staged:
                 path.unlink()
             counts[name] = int(pq.ParquetFile(target).metadata.num_rows)
@@ -325,7 +372,24 @@ def feature_stage(
                 paths.features / "validation.parquet",
                 config.snapshots.holdout_share,
             )
-    notes = [*plan.notes, *skipped]
+    if mlflow.active_run() is not None:
+        _log_feature_build(
+            config, plan, settings, levels_from, counts, params, [*plan.notes, *skipped]
+        )
+    return counts
+
+
+def _log_feature_build(
+    config: Config,
+    plan: CutoffPlan,
+    settings: FeatureConfig,
+    levels_from: str,
+    counts: dict[str, int],
+    params: dict[str, float],
+    notes: list[str],
+) -> None:
+    """Log what a feature build planned and resolved, and what it wrote, to the active run."""
+    h = plan.horizon_days
     if notes:
         mlflow.log_dict({"notes": notes}, "cutoff_plan_notes.json")
     mlflow.log_params(
@@ -349,4 +413,3 @@ def feature_stage(
     mlflow.log_metrics({f"rows_features_{n}": c for n, c in counts.items()})
     # The scoring snapshot's fit: the parameters the published BTYD features come from.
     mlflow.log_metrics(params)
-    return counts

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ from churnseg.models.classification import (
     tier_thresholds,
     value_column,
 )
+from churnseg.models.feedback import corrections_as_overrides
 from churnseg.models.registry import (
     champion_version,
     load_champion,
@@ -47,7 +49,52 @@ from churnseg.pipelines.stages.churn_training import (
     at_risk_mask,
     population_recency_limit,
 )
+from churnseg.pipelines.stages.feature_tables import build_file
 from churnseg.pipelines.stages.segmenting import segment_names
+
+# The population-wide quantities of a full scoring run, logged with its MLflow run.
+STATE_ARTIFACT = "scoring_state.json"
+SNAPSHOT_KIND, INTRADAY_KIND = "snapshot", "intraday"
+
+
+@dataclass(frozen=True)
+class PopulationState:
+    """What a full scoring run computed over all its customers, reused by intra-day updates.
+
+    Tier cut values and risk band thresholds are quantiles of the whole population and the
+    BTYD parameters a fit over it: re-scoring a few customers with their own values would give
+    classes that depend on which customers were re-scored together.
+    """
+
+    tiers: TierThresholds
+    risk: RiskThresholds
+    btyd: dict[str, float]
+    segmentation_version: int
+    churn_version: int
+    attribute_kinds: dict[str, str] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return the state as JSON-ready values (exact floats, not rounded)."""
+        return {
+            "tiers": {"a_min": self.tiers.a_min, "b_min": self.tiers.b_min},
+            "risk": {"high_min": self.risk.high_min, "medium_min": self.risk.medium_min},
+            "btyd": self.btyd,
+            "segmentation_version": self.segmentation_version,
+            "churn_version": self.churn_version,
+            "attribute_kinds": self.attribute_kinds,
+        }
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> PopulationState:
+        """Return the state ``as_dict`` gave."""
+        return cls(
+            tiers=TierThresholds(**values["tiers"]),
+            risk=RiskThresholds(**values["risk"]),
+            btyd={str(k): float(v) for k, v in values["btyd"].items()},
+            segmentation_version=int(values["segmentation_version"]),
+            churn_version=int(values["churn_version"]),
+            attribute_kinds=dict(values.get("attribute_kinds", {})),
+        )
 
 
 @dataclass(frozen=True)
@@ -83,6 +130,9 @@ class ScoringContext:
     batch_scores: dict[int, tuple[NDArray[np.float64], NDArray[np.float64]]] = field(
         default_factory=dict, repr=False
     )
+    # An intra-day update publishes into the snapshot it updates, not the moment of its features.
+    snapshot_date: date | None = None
+    update_kind: str = SNAPSHOT_KIND
 
 
 def expected_value(frame: pd.DataFrame, horizon_days: int) -> NDArray[np.float64]:
@@ -139,25 +189,9 @@ def _explanations(name: str, version: int) -> tuple[dict[str, Any], tuple[str, .
     return dict(explain["reference"]), tuple(explain["features"])
 
 
-def scoring_context(
-    config: Config, run_id: str, features_path: Path, keep_scores: bool = False
-) -> ScoringContext:
-    """Load the champion models and compute population-wide thresholds for a scoring run.
-
-    One pass over ``features_path`` collects the tier value and the risk ranking of every
-    customer (two floats each), so memory stays bounded at any population size.
-
-    Args:
-        config: The run's config.
-        run_id: The MLflow run the scores belong to.
-        features_path: The scoring feature table.
-        keep_scores: Also keep each batch's churn probabilities (two more floats per customer)
-            in ``batch_scores``, so a scoring pass over the same batches predicts nothing twice.
-    """
-    seg_name, churn_name = config.mlflow.segmentation_model, config.mlflow.churn_model
-    seg_version, churn_version = champion_version(seg_name), champion_version(churn_name)
-    classifier = load_champion(churn_name)
-    cls, bands = config.classification, config.churn.risk_bands
+def _risk_rule(config: Config) -> tuple[RiskBandRule, str]:
+    """Return the risk band rule and what the retention list ranks by."""
+    bands = config.churn.risk_bands
     rule = RiskBandRule(
         mode=bands.mode,
         high_share=bands.high_share,
@@ -165,14 +199,162 @@ def scoring_context(
         contact_cost=bands.contact_cost,
         save_rate=bands.save_rate,
     )
-    rank_by = "value_at_risk" if bands.mode == "cost" else bands.rank_by
-    horizon = config.snapshots.horizon_days
+    return rule, "value_at_risk" if bands.mode == "cost" else bands.rank_by
+
+
+@dataclass(frozen=True)
+class ChampionModels:
+    """The champion models and what scoring reads with them, loaded once."""
+
+    segmenter: Any
+    classifier: Any
+    segmentation_version: int
+    churn_version: int
+    segment_names: dict[int, str]
+    explainer: Any
+    reference: dict[str, Any]
+    reason_features: tuple[str, ...]
+
+
+def load_champions(config: Config) -> ChampionModels:
+    """Load both champion models, the segment names and the reasons' reference values."""
+    seg_name, churn_name = config.mlflow.segmentation_model, config.mlflow.churn_model
+    seg_version, churn_version = champion_version(seg_name), champion_version(churn_name)
+    classifier = load_champion(churn_name)
     explainer = churn_model.ranking_model(classifier)
-    values, rankings = [], []
+    reference, reason_features = _explanations(churn_name, churn_version)
+    # A promoted baseline reads a few columns: explain only the ones the model uses.
+    inputs = set(getattr(explainer, "feature_names_in_", reason_features))
+    return ChampionModels(
+        segmenter=load_champion(seg_name),
+        classifier=classifier,
+        segmentation_version=seg_version,
+        churn_version=churn_version,
+        segment_names=segment_names(seg_name, seg_version),
+        explainer=explainer,
+        reference=reference,
+        reason_features=tuple(f for f in reason_features if f in inputs and f in reference),
+    )
+
+
+def scoring_context(
+    config: Config,
+    run_id: str,
+    features_path: Path,
+    keep_scores: bool = False,
+    state: PopulationState | None = None,
+    models: ChampionModels | None = None,
+    corrections: tuple[Override, ...] = (),
+) -> ScoringContext:
+    """Load the champion models and compute population-wide thresholds for a scoring run.
+
+    One pass over ``features_path`` collects the tier value and the risk ranking of every
+    customer (two floats each), so memory stays bounded at any population size. The thresholds
+    and the BTYD parameters the features were built with are logged to the active run as
+    ``scoring_state.json``, the state an intra-day update of this snapshot reuses.
+
+    Args:
+        config: The run's config.
+        run_id: The MLflow run the scores belong to.
+        features_path: The scoring feature table.
+        keep_scores: Also keep each batch's churn probabilities (two more floats per customer)
+            in ``batch_scores``, so a scoring pass over the same batches predicts nothing twice.
+        state: A full snapshot's thresholds: use them, compute none (an intra-day update).
+        models: The champions, loaded before (the API keeps them); default: load them here.
+        corrections: People's corrections of classes (``feedback.corrections_as_overrides``),
+            applied after the configured overrides.
+    """
+    models = models if models is not None else load_champions(config)
+    cls = config.classification
+    rule, rank_by = _risk_rule(config)
+    horizon = config.snapshots.horizon_days
     batch_scores: dict[int, tuple[NDArray[np.float64], NDArray[np.float64]]] = {}
     features = pq.ParquetFile(features_path)
     value_col = value_column(cls.value_column, features.schema_arrow.names)
     max_recency = population_recency_limit(config)
+    if state is None:
+        tiers, risk = _population_thresholds(
+            config,
+            models,
+            features,
+            value_col,
+            max_recency,
+            rule,
+            rank_by,
+            batch_scores if keep_scores else None,
+        )
+        built_path = build_file(features_path)
+        built = json.loads(built_path.read_text()) if built_path.exists() else {}
+        state = PopulationState(
+            tiers,
+            risk,
+            built.get("btyd", {}),
+            models.segmentation_version,
+            models.churn_version,
+            built.get("attribute_kinds", {}),
+        )
+        if mlflow.active_run() is not None:
+            mlflow.log_dict(state.as_dict(), STATE_ARTIFACT)
+            mlflow.log_params(
+                {
+                    "tier_a_min_value": round(tiers.a_min, 4),
+                    "tier_b_min_value": round(tiers.b_min, 4),
+                    "risk_high_min": round(risk.high_min, 6),
+                    "risk_medium_min": round(risk.medium_min, 6),
+                }
+            )
+    return ScoringContext(
+        segmenter=models.segmenter,
+        classifier=models.classifier,
+        segmentation_version=models.segmentation_version,
+        churn_version=models.churn_version,
+        segment_names=models.segment_names,
+        run_id=run_id,
+        scored_at=datetime.now(UTC).replace(microsecond=0),
+        horizon_days=horizon,
+        value_column=value_col,
+        max_recency_days=max_recency,
+        tiers=state.tiers,
+        risk=state.risk,
+        risk_rank_by=rank_by,
+        lifecycle=LifecycleRules(
+            new_within_days=cls.new_within_days,
+            churned_after_days=cls.churned_after_days,
+            trend_window_days=cls.trend_window_days,
+            growing_ratio=cls.growing_ratio,
+            declining_ratio=cls.declining_ratio,
+        ),
+        overrides=(
+            *(
+                Override(o.column, o.op, o.value, {str(k): v for k, v in o.set.items()})
+                for o in cls.overrides
+            ),
+            *corrections,
+        ),
+        explainer=models.explainer,
+        reference=models.reference,
+        reason_features=models.reason_features,
+        reasons_top_k=config.churn.reasons_top_k,
+        batch_scores=batch_scores,
+    )
+
+
+def _population_thresholds(
+    config: Config,
+    models: ChampionModels,
+    features: pq.ParquetFile,
+    value_col: str | None,
+    max_recency: int | None,
+    rule: RiskBandRule,
+    rank_by: str,
+    batch_scores: dict[int, tuple[NDArray[np.float64], NDArray[np.float64]]] | None,
+) -> tuple[TierThresholds, RiskThresholds]:
+    """Return tier cut values and risk band thresholds over every customer of ``features``.
+
+    ``batch_scores``, when given, keeps each batch's probabilities by its first row.
+    """
+    classifier, horizon = models.classifier, config.snapshots.horizon_days
+    values, rankings = [], []
     chunk = config.publish.chunk_rows
     batches = features.iter_batches(batch_size=chunk)
     n_batches = -(-features.metadata.num_rows // chunk)
@@ -181,7 +363,7 @@ def scoring_context(
         frame = batch.to_pandas()
         # Both probabilities cost one prediction (``churn_scores``), as much as either alone.
         proba, score = churn_model.churn_scores(classifier, frame)
-        if keep_scores:
+        if batch_scores is not None:
             batch_scores[first_row] = (proba, score)
         first_row += len(frame)
         if value_col is not None:
@@ -192,50 +374,8 @@ def scoring_context(
         rankings.append(ranking.to_numpy()[at_risk_mask(frame, max_recency)])
     all_values = pd.Series(np.concatenate(values) if values else np.array([], dtype=float))
     all_ranks = pd.Series(np.concatenate(rankings) if rankings else np.array([], dtype=float))
-    tiers = tier_thresholds(all_values, cls.tier_cuts)
-    risk = risk_thresholds(all_ranks, rule)
-    reference, reason_features = _explanations(churn_name, churn_version)
-    # A promoted baseline reads a few columns: explain only the ones the model uses.
-    inputs = set(getattr(explainer, "feature_names_in_", reason_features))
-    reason_features = tuple(f for f in reason_features if f in inputs)
-    mlflow.log_params(
-        {
-            "tier_a_min_value": round(tiers.a_min, 4),
-            "tier_b_min_value": round(tiers.b_min, 4),
-            "risk_high_min": round(risk.high_min, 6),
-            "risk_medium_min": round(risk.medium_min, 6),
-        }
-    )
-    return ScoringContext(
-        segmenter=load_champion(seg_name),
-        classifier=classifier,
-        segmentation_version=seg_version,
-        churn_version=churn_version,
-        segment_names=segment_names(seg_name, seg_version),
-        run_id=run_id,
-        scored_at=datetime.now(UTC).replace(microsecond=0),
-        horizon_days=horizon,
-        value_column=value_col,
-        max_recency_days=max_recency,
-        tiers=tiers,
-        risk=risk,
-        risk_rank_by=rank_by,
-        lifecycle=LifecycleRules(
-            new_within_days=cls.new_within_days,
-            churned_after_days=cls.churned_after_days,
-            trend_window_days=cls.trend_window_days,
-            growing_ratio=cls.growing_ratio,
-            declining_ratio=cls.declining_ratio,
-        ),
-        overrides=tuple(
-            Override(o.column, o.op, o.value, {str(k): v for k, v in o.set.items()})
-            for o in cls.overrides
-        ),
-        explainer=explainer,
-        reference=reference,
-        reason_features=tuple(f for f in reason_features if f in reference),
-        reasons_top_k=config.churn.reasons_top_k,
-        batch_scores=batch_scores,
+    return tier_thresholds(all_values, config.classification.tier_cuts), risk_thresholds(
+        all_ranks, rule
     )
 
 
@@ -293,7 +433,11 @@ def score_batch(
     return pd.DataFrame(
         {
             "customer_id": frame["customer_id"].to_numpy(),
-            "snapshot_date": frame[SNAPSHOT].to_numpy(),
+            "snapshot_date": (
+                frame[SNAPSHOT].to_numpy()
+                if context.snapshot_date is None
+                else np.full(len(frame), context.snapshot_date, dtype=object)
+            ),
             "segment_id": segments.astype("int64"),
             "segment_name": classes["segment_name"].to_numpy(),
             "value_tier": classes["value_tier"].to_numpy(),
@@ -308,8 +452,17 @@ def score_batch(
             "run_id": context.run_id,
             # ISO text, typed on write: pyarrow warns converting tz-aware pandas columns.
             "scored_at": context.scored_at.isoformat(),
+            "features_as_of": _as_of_text(frame[SNAPSHOT]),
+            "update_kind": context.update_kind,
         }
     )
+
+
+def _as_of_text(snapshots: pd.Series) -> NDArray[np.object_]:
+    """Return each row's feature cutoff as ISO text in UTC (one conversion per distinct value)."""
+    moments = pd.to_datetime(snapshots)
+    text = {m: m.strftime("%Y-%m-%dT%H:%M:%S+00:00") for m in moments.unique()}
+    return moments.map(text).to_numpy(dtype=object)
 
 
 def score_batches_to_file(
@@ -353,7 +506,9 @@ def score_stage(config: Config, features_path: Path, out_path: Path, run_id: str
     Returns:
         Rows scored.
     """
-    context = scoring_context(config, run_id, features_path, keep_scores=True)
+    context = scoring_context(
+        config, run_id, features_path, keep_scores=True, corrections=published_corrections(config)
+    )
     out_path.parent.mkdir(parents=True, exist_ok=True)
     partial = out_path.with_name(out_path.name + ".partial")
     features = pq.ParquetFile(features_path)
@@ -364,6 +519,20 @@ def score_stage(config: Config, features_path: Path, out_path: Path, run_id: str
     partial.replace(out_path)
     log_scoring_metrics(rows, proba_sum)
     return rows
+
+
+def published_corrections(config: Config) -> tuple[Override, ...]:
+    """Return the corrections people recorded in the output database, as override rules.
+
+    Logs how many customers and rules they cover to the active run.
+    """
+    from churnseg.pipelines.publish import read_feedback, target_from_config
+
+    rules = corrections_as_overrides(read_feedback(target_from_config(config)))
+    if mlflow.active_run() is not None:
+        corrected = {(field, i) for r in rules for field in r.set for i in r.value}
+        mlflow.log_metrics({"corrections_applied": float(len(corrected))})
+    return rules
 
 
 def log_scoring_metrics(rows: int, proba_sum: float, **extra: float) -> None:
