@@ -173,7 +173,7 @@ def rescore_stage(
     config: Config,
     target: PublishTarget,
     rescorer: Rescorer,
-    customer_ids: list[str],
+    customer_ids: list[str] | None,
     as_of: datetime,
     paths: RunPaths,
     run_id: str,
@@ -183,6 +183,7 @@ def rescore_stage(
     Only these customers' rows are extracted and cleaned; their features are built with the
     snapshot's BTYD fit and attribute kinds, scored with its thresholds, and the newest
     corrections people recorded for them are applied. Rows carry the snapshot's date.
+    ``customer_ids`` None re-scores everyone the same way: the full build an update must equal.
     """
     state = rescorer.snapshot.state
     # The feature tables only: allocation's tables are not re-read by an update.
@@ -208,7 +209,8 @@ def rescore_stage(
     features = pq.ParquetFile(features_path)
     if features.metadata.num_rows == 0:
         return None
-    feedback = read_feedback(target, customer_ids[0] if len(customer_ids) == 1 else None)
+    one = customer_ids[0] if customer_ids is not None and len(customer_ids) == 1 else None
+    feedback = read_feedback(target, one)
     context = scoring_context(
         config,
         run_id,
