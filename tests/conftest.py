@@ -72,6 +72,56 @@ def small_sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+# The tables of the bundled sample a full run reads (allocation included, as the default config).
+RUN_TABLES = ("customers", "transactions", "events", "subscriptions", "owners", "assignments")
+
+
+@pytest.fixture(scope="session")
+def trained_state(
+    small_sample: Path, tmp_path_factory: pytest.TempPathFactory, prefect_harness: None
+) -> Path:
+    """A state folder after one retrain on a copy of the small sample (default config).
+
+    Holds ``config.yaml``, the sources in ``data/``, the published ``scores.db`` and the MLflow
+    store. Read-only: a test that changes data or publishes takes a copy (``copy_state``).
+    """
+    import shutil
+
+    import yaml
+
+    from churnseg.pipelines.flows import retrain_flow
+
+    state = tmp_path_factory.mktemp("trained_state")
+    shutil.copytree(small_sample, state / "data")
+    config = yaml.safe_load(Path("configs/default.yaml").read_text())
+    config["sample"] = {"enabled": False}
+    config["snapshots"]["max_train_cutoffs"] = 2
+    path = _write_state_config(config, state)
+    retrain_flow(config_path=str(path))
+    return state
+
+
+def _write_state_config(config: dict[str, object], state: Path) -> Path:
+    import yaml
+
+    config["state_dir"] = str(state)
+    config["sources"] = {t: {"path": str(state / "data" / f"{t}.parquet")} for t in RUN_TABLES}
+    path = state / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def copy_state(trained: Path, target: Path) -> Path:
+    """Copy a trained state folder to ``target``; return its config, pointing at the copy."""
+    import shutil
+
+    import yaml
+
+    shutil.copytree(trained, target)
+    config = yaml.safe_load((trained / "config.yaml").read_text())
+    return _write_state_config(config, target)
+
+
 # Settings of the shared Spark session; tests that configure engine.spark_conf reuse them.
 SPARK_TEST_CONF = {"spark.sql.shuffle.partitions": 2, "spark.ui.enabled": False}
 

@@ -316,9 +316,20 @@ def test_the_monitor_reads_contact_outcomes_and_leaves_churned_customers_out(
             LABEL: [0, 1, 1, 1],
         }
     )
-    assert contacts_stage(labelled, config, paths).empty, "no contact_outcomes source: nothing"
+    none = pd.DataFrame(columns=["kind", "customer_id", "contacted_at"])
+    assert contacts_stage(labelled, config, paths, none).empty, "no contacts at all: nothing"
     pd.DataFrame(
         {"customer_id": ["a", "c"], "contacted_at": pd.to_datetime(["2026-01-10", "2026-01-10"])}
     ).to_parquet(paths.clean / "contact_outcomes.parquet")
-    out = contacts_stage(labelled, config, paths)
+    out = contacts_stage(labelled, config, paths, none)
     assert out[["risk_band", "customers", "contacted"]].values.tolist() == [["high", 2, 1]]
+    # A contact a person sent through the API counts like a row of the source.
+    sent = pd.DataFrame(
+        {
+            "kind": ["contact", "correction"],
+            "customer_id": ["b", "b"],
+            "contacted_at": ["2026-01-15T10:00:00+00:00", None],
+        }
+    )
+    out = contacts_stage(labelled, config, paths, sent)
+    assert out[["risk_band", "customers", "contacted"]].values.tolist() == [["high", 2, 2]]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import sqlite3
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -16,8 +15,7 @@ from churnseg.pipelines.publish import append_rows, target_from_config
 from churnseg.pipelines.sinks.schema import CUSTOMER_FEEDBACK
 from churnseg.pipelines.stages import RunPaths, configure_mlflow
 from churnseg.pipelines.stages.intraday import load_rescorer, rescore_stage
-
-TABLES = ("customers", "transactions", "events", "subscriptions", "owners", "assignments")
+from tests.conftest import copy_state
 
 
 def read(config_path: Path, sql: str) -> pd.DataFrame:
@@ -28,23 +26,12 @@ def read(config_path: Path, sql: str) -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def published(
-    small_sample: Path, tmp_path_factory: pytest.TempPathFactory, prefect_harness: None
+    trained_state: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[Path, Path, date]:
-    """A retrain on a copy of the small sample: the config, the data folder, the snapshot."""
-    from churnseg.pipelines.flows import retrain_flow
-
-    state = tmp_path_factory.mktemp("intraday_state")
-    data = state / "data"
-    shutil.copytree(small_sample, data)
-    config = yaml.safe_load(Path("configs/default.yaml").read_text())
-    config["state_dir"] = str(state)
-    config["sources"] = {t: {"path": str(data / f"{t}.parquet")} for t in TABLES}
-    config["sample"] = {"enabled": False}
-    config["snapshots"]["max_train_cutoffs"] = 2
-    path = state / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    summary = retrain_flow(config_path=str(path))
-    return path, data, date.fromisoformat(str(summary["snapshot"]))
+    """A copy of the trained sample state: the config, the data folder, the snapshot."""
+    path = copy_state(trained_state, tmp_path_factory.mktemp("intraday") / "state")
+    snapshot = read(path, "SELECT MAX(snapshot_date) AS s FROM customer_scores")["s"].iloc[0]
+    return path, path.parent / "data", date.fromisoformat(snapshot)
 
 
 def add_rows(data: Path, table: str, rows: list[dict[str, object]]) -> None:
@@ -216,3 +203,28 @@ def test_score_changed_without_a_published_snapshot_is_a_usage_error(tmp_path: P
     assert "no published snapshot" in result.output
     result = CliRunner().invoke(app, ["score", "-c", str(path), "--changed", "--as-of", "soon"])
     assert result.exit_code == 2 and "not an ISO date-time" in result.output, result.output
+
+
+def test_the_monitor_counts_corrections_and_those_not_published_yet(
+    updated: tuple[Path, dict[str, object], set[str], datetime, pd.DataFrame],
+) -> None:
+    from churnseg.pipelines.flows import monitor_flow
+
+    path, _, _, _, _ = updated
+    config = load_config(str(path))
+    row = read(path, "SELECT customer_id, lifecycle_stage FROM customer_scores_latest LIMIT 1")
+    wanted = "growing" if row["lifecycle_stage"].iloc[0] != "growing" else "stable"
+    feedback = {
+        "feedback_id": "f-lifecycle",
+        "received_at": datetime(2026, 1, 2),
+        "kind": "correction",
+        "customer_id": row["customer_id"].iloc[0],
+        "author": "test",
+        "field": "lifecycle_stage",
+        "value": wanted,
+        "reason": "ordered again by phone",
+    }
+    append_rows(target_from_config(config), CUSTOMER_FEEDBACK, [feedback])
+    summary = monitor_flow(config_path=str(path))
+    lifecycle = [c for c in summary["corrections"] if c["field"] == "lifecycle_stage"]
+    assert lifecycle == [{"field": "lifecycle_stage", "corrected": 1, "pending": 1}], summary

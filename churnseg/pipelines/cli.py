@@ -537,6 +537,12 @@ def monitor(
             f"{row['contacted']:,} of {row['customers']:,} contacted; {shown} "
             "(an association, not proof: docs/allocation.md)",
         )
+    for row in summary.get("corrections", []):
+        table.add_row(
+            f"corrections {row['field']}",
+            f"{row['corrected']:,} customers corrected by people; "
+            f"{row['pending']:,} not in the published rows yet (next scoring run)",
+        )
     table.add_row("MLflow run", summary["mlflow_run_id"])
     if "retrain" in summary:
         table.add_row("retrain", f"ran: MLflow run {summary['retrain']['mlflow_run_id']}")
@@ -696,6 +702,34 @@ def serve(
     from prefect import serve as prefect_serve
 
     prefect_serve(*deployments)
+
+
+@app.command()
+def api(
+    config: ConfigOption = None,
+    host: Annotated[str | None, typer.Option(help="Interface; default api.host.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port; default api.port.")] = None,
+) -> None:
+    """Serve customers' classes and scores over HTTP, with rescoring and feedback.
+
+    Needs at least one token in api.tokens (docs/api.md). OpenAPI docs at /docs. Stop with Ctrl-C.
+
+    Example: CHURNSEG_API_TOKEN=$(openssl rand -hex 24) churnseg api --port 8000
+    """
+    import uvicorn
+
+    from churnseg.pipelines.api import create_app
+
+    loaded = _load(config)
+    try:
+        service = create_app(loaded)
+    except Exception as exc:
+        _fail(exc)
+    where = f"http://{host or loaded.api.host}:{port or loaded.api.port}"
+    console.print(f"churnseg api on {where} (OpenAPI docs at {where}/docs)")
+    uvicorn.run(
+        service, host=host or loaded.api.host, port=port or loaded.api.port, log_level="warning"
+    )
 
 
 @config_app.command("show")

@@ -735,6 +735,77 @@ class AllocationConfig(_Strict):
     )
 
 
+ApiScope = Literal["read", "rescore", "feedback"]
+
+
+def _read_scope() -> list[ApiScope]:
+    return ["read"]
+
+
+class ApiTokenConfig(_Strict):
+    """One bearer token of ``churnseg api``: who holds it and what it may do.
+
+    The token itself never sits in the config: either the name of the environment variable
+    holding it (read when the API starts; only its SHA-256 is kept), or its SHA-256 in hex
+    (``printf %s "$TOKEN" | sha256sum``), so the service never sees the plain token at rest.
+    """
+
+    name: str = Field(
+        ..., min_length=1, max_length=64, description="Who holds it: recorded as author/actor."
+    )
+    token_env: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="Environment variable holding the token (at least 16 characters).",
+    )
+    token_sha256: str | None = Field(
+        None, pattern=r"^[0-9a-f]{64}$", description="The token's SHA-256, lower-case hex."
+    )
+    scopes: list[ApiScope] = Field(
+        default_factory=_read_scope,
+        description="read: GET customers; rescore: POST rescore; feedback: POST feedback.",
+    )
+    owner_id: str | None = Field(
+        None,
+        description="An account owner's token: reads, rescores and sends feedback only for the "
+        "customers allocated to this owner in the newest allocation.",
+    )
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> ApiTokenConfig:
+        if (self.token_env is None) == (self.token_sha256 is None):
+            raise ValueError("give exactly one of token_env and token_sha256")
+        return self
+
+
+class ApiConfig(_Strict):
+    """``churnseg api``: the HTTP service over the published tables (docs/api.md)."""
+
+    host: str = Field("127.0.0.1", description="Interface to listen on.")
+    port: int = Field(8000, ge=1, le=65535, description="Port to listen on.")
+    tokens: list[ApiTokenConfig] = Field(
+        default_factory=list, description="Bearer tokens; the API refuses to start without one."
+    )
+    rescore_workers: int = Field(
+        2,
+        ge=1,
+        le=32,
+        description="Rescores computed at once; more wait their turn (each uses a core).",
+    )
+    reload_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="How often a rescore checks whether a new snapshot or champion arrived.",
+    )
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> ApiConfig:
+        names = [t.name for t in self.tokens]
+        if len(set(names)) != len(names):
+            raise ValueError(f"token names must be unique; got {names}")
+        return self
+
+
 def missing_for_label(features: FeatureConfig, tables: set[str]) -> str | None:
     """Return what the label mode needs that ``tables`` lack (None when they suffice).
 
@@ -786,6 +857,7 @@ class Config(_Strict):
     scoring: ScoringConfig = ScoringConfig()
     engine: EngineConfig = EngineConfig()
     allocation: AllocationConfig = AllocationConfig()
+    api: ApiConfig = ApiConfig()
 
     @model_validator(mode="before")
     @classmethod

@@ -26,9 +26,17 @@ from churnseg.models import drift
 from churnseg.models.churn import churn_probability
 from churnseg.models.classification import CHURNED_BAND
 from churnseg.models.contacts import CONTACT_COLUMNS, contact_effect
+from churnseg.models.feedback import CONTACT, CORRECTABLE, correction_summary
 from churnseg.models.registry import champion_version, find_champion, load_champion
 from churnseg.models.segmentation import migration_table
 from churnseg.pipelines.config import Config
+from churnseg.pipelines.publish import (
+    PublishTarget,
+    qualified,
+    read_feedback,
+    read_table,
+    target_from_config,
+)
 from churnseg.pipelines.sources import connect_engine, database_url
 from churnseg.pipelines.stages import CLEAN_ORDER, RunPaths, read_feature_table, segment_names
 
@@ -203,16 +211,32 @@ def calibration_stage(labelled: pd.DataFrame, config: Config) -> pd.DataFrame:
     )
 
 
-def contacts_stage(labelled: pd.DataFrame, config: Config, current: RunPaths) -> pd.DataFrame:
+def _naive_utc(moments: pd.Series) -> pd.Series:
+    """Return timestamps as naive UTC (zoned ones converted, naive ones taken as UTC)."""
+    parsed = pd.to_datetime(moments, utc=True)
+    return parsed.dt.tz_convert("UTC").dt.tz_localize(None)
+
+
+def contacts_stage(
+    labelled: pd.DataFrame, config: Config, current: RunPaths, feedback: pd.DataFrame
+) -> pd.DataFrame:
     """Return churn among contacted against uncontacted customers per snapshot and risk band.
 
-    Reads the clean ``contact_outcomes`` (a source); empty when there is none. What this can
-    and cannot show: ``churnseg.models.contacts``.
+    Reads the clean ``contact_outcomes`` (a source) and the contacts people sent to the API
+    (``customer_feedback`` kind ``contact``); empty when there are none. What this can and
+    cannot show: ``churnseg.models.contacts``.
     """
     file = current.clean / "contact_outcomes.parquet"
-    if not file.exists() or labelled.empty:
+    sent = feedback[feedback["kind"] == CONTACT][["customer_id", "contacted_at"]]
+    if (not file.exists() and sent.empty) or labelled.empty:
         return contact_effect(labelled.iloc[0:0], pd.DataFrame(), 0)
-    contacts = pd.read_parquet(file, columns=["customer_id", "contacted_at"])
+    parts = [sent.assign(contacted_at=pd.to_datetime(sent["contacted_at"], utc=True))]
+    if file.exists():
+        parts.append(pd.read_parquet(file, columns=["customer_id", "contacted_at"]))
+    # Both sources as naive UTC, like every clean timestamp.
+    contacts = pd.concat(
+        [p.assign(contacted_at=_naive_utc(p["contacted_at"])) for p in parts], ignore_index=True
+    )
     has_subs = (current.clean / "subscriptions.parquet").exists()
     window = label_days(config.features, config.snapshots.horizon_days, has_subs)
     at_risk = labelled[labelled["risk_band"].notna() & (labelled["risk_band"] != CHURNED_BAND)]
@@ -228,6 +252,10 @@ class MonitorOutcome:
     reasons: list[str] = field(default_factory=list)
     contacts: pd.DataFrame = field(
         default_factory=lambda: pd.DataFrame(columns=list(CONTACT_COLUMNS))
+    )
+    # People's corrections per class: customers corrected, and not yet shown in published rows.
+    corrections: pd.DataFrame = field(
+        default_factory=lambda: pd.DataFrame(columns=["field", "corrected", "pending"])
     )
 
     @property
@@ -257,6 +285,12 @@ def flag_reasons(config: Config, outcome: DriftOutcome, calibration: pd.DataFram
     return reasons
 
 
+def _published_classes(target: PublishTarget) -> pd.DataFrame:
+    """Return the correctable classes of the newest published rows."""
+    view = qualified(target, target.names.latest_view)
+    return read_table(target, f"SELECT customer_id, {', '.join(CORRECTABLE)} FROM {view}")
+
+
 def monitor_stage(
     config: Config, reference: Reference, current: RunPaths, data_end: date
 ) -> MonitorOutcome:
@@ -264,9 +298,15 @@ def monitor_stage(
     outcome = drift_stage(config, reference.scoring, current.features / "scoring.parquet")
     labelled = matured_labels(config, current, data_end)
     calibration = calibration_stage(labelled, config)
-    contacts = contacts_stage(labelled, config, current)
+    target = target_from_config(config)
+    feedback = read_feedback(target)
+    contacts = contacts_stage(labelled, config, current, feedback)
     result = MonitorOutcome(
-        outcome, calibration, flag_reasons(config, outcome, calibration), contacts
+        outcome,
+        calibration,
+        flag_reasons(config, outcome, calibration),
+        contacts,
+        correction_summary(feedback, _published_classes(target)),
     )
     if mlflow.active_run() is not None:
         _log_monitoring(reference, result)
@@ -302,6 +342,15 @@ def _log_monitoring(reference: Reference, result: MonitorOutcome) -> None:
     mlflow.log_table(
         result.calibration.astype({"snapshot_date": str}), f"{ARTIFACTS}/calibration.json"
     )
+    if len(result.corrections):
+        mlflow.log_metrics(
+            {
+                f"corrections_{field}": float(corrected)
+                for field, corrected in zip(
+                    result.corrections["field"], result.corrections["corrected"], strict=True
+                )
+            }
+        )
     if len(result.contacts):
         mlflow.log_table(
             result.contacts.astype({"snapshot_date": str}), f"{ARTIFACTS}/contacts.json"
@@ -330,4 +379,5 @@ def monitor_summary(result: MonitorOutcome) -> dict[str, Any]:
             {k: (str(v) if k == "snapshot_date" else v) for k, v in row.items()}
             for row in result.contacts.to_dict("records")
         ],
+        "corrections": result.corrections.to_dict("records"),
     }

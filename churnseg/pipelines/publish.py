@@ -150,7 +150,7 @@ def _driver_errors() -> tuple[type[BaseException], ...]:
 
 
 @contextmanager
-def _reported(target: PublishTarget, action: str) -> Iterator[None]:
+def database_errors(target: PublishTarget, action: str) -> Iterator[None]:
     """Turn database and file errors into a PublishError whose text holds no credentials."""
     try:
         yield
@@ -167,6 +167,23 @@ def _reported(target: PublishTarget, action: str) -> Iterator[None]:
         ) from None
 
 
+def connect_sink(target: PublishTarget) -> Sink:
+    """Return an open connection to the target database (the caller closes it).
+
+    Raises:
+        PublishError: The database cannot be reached or opened.
+    """
+    with database_errors(target, "connecting"):
+        if target.is_sqlite:
+            from churnseg.pipelines.sinks.sqlite import SqliteSink
+
+            path = Path(target.url[len("sqlite:///") :])
+            return SqliteSink(path, target.names, target.lock_timeout)
+        from churnseg.pipelines.sinks.postgres import PostgresSink
+
+        return PostgresSink(target.url, target.names, target.db_schema, target.lock_timeout)
+
+
 @contextmanager
 def open_sink(target: PublishTarget) -> Iterator[Sink]:
     """Open a connection to the target database; close it on exit.
@@ -174,17 +191,7 @@ def open_sink(target: PublishTarget) -> Iterator[Sink]:
     Raises:
         PublishError: The database cannot be reached or opened.
     """
-    sink: Sink
-    with _reported(target, "connecting"):
-        if target.is_sqlite:
-            from churnseg.pipelines.sinks.sqlite import SqliteSink
-
-            path = Path(target.url[len("sqlite:///") :])
-            sink = SqliteSink(path, target.names, target.lock_timeout)
-        else:
-            from churnseg.pipelines.sinks.postgres import PostgresSink
-
-            sink = PostgresSink(target.url, target.names, target.db_schema, target.lock_timeout)
+    sink = connect_sink(target)
     try:
         yield sink
     finally:
@@ -197,7 +204,7 @@ def ensure_schema(target: PublishTarget) -> int:
     Raises:
         PublishError: The database cannot be reached, or holds a newer schema than this code.
     """
-    with open_sink(target) as sink, _reported(target, "migrating the output tables"):
+    with open_sink(target) as sink, database_errors(target, "migrating the output tables"):
         return sink.ensure_schema()
 
 
@@ -245,7 +252,7 @@ def _replace_from_parquet(
     tables = ", ".join(target.names.table(p.spec) for p in parts)
     quoted = ", ".join(repr(target.names.table(p.spec)) for p in parts)
     names = ", ".join(p.path.name for p in parts)
-    with _reported(target, f"publishing {names} to table {quoted}"):
+    with database_errors(target, f"publishing {names} to table {quoted}"):
         replacements = []
         total = 0
         for part in parts:
@@ -364,7 +371,7 @@ class AllocationFiles:
 
 def allocation_parts(files: AllocationFiles, target: PublishTarget) -> list[ParquetPart]:
     """Return the allocation files as publish parts, after securing owners' rows."""
-    with open_sink(target) as sink, _reported(target, "securing the allocation tables"):
+    with open_sink(target) as sink, database_errors(target, "securing the allocation tables"):
         sink.ensure_schema()
         sink.secure_owner_rows(files.role_prefix, files.reader_role)
     retention = Retention(target.keep_snapshots)
@@ -394,7 +401,7 @@ def read_table(target: PublishTarget, sql: str, params: tuple[Any, ...] = ()) ->
     """
     import pandas as pd
 
-    with open_sink(target) as sink, _reported(target, "reading the output database"):
+    with open_sink(target) as sink, database_errors(target, "reading the output database"):
         sink.ensure_schema()
         rows, columns = sink.query(sql, params)
     return pd.DataFrame(rows, columns=columns)
@@ -417,7 +424,7 @@ def publish_intraday(scores_path: Path, target: PublishTarget) -> int:
     scores = pq.read_table(scores_path).combine_chunks()
     if scores.num_rows == 0:
         return 0
-    with _reported(target, f"publishing the update {scores_path.name}"):
+    with database_errors(target, f"publishing the update {scores_path.name}"):
         conformed = conform_batch(scores.to_batches()[0], CUSTOMER_SCORES, scores_path.name)
         rows: list[tuple[TableSpec, pa.RecordBatch]] = [(CUSTOMER_SCORES, conformed)]
         with open_sink(target) as sink:
@@ -475,7 +482,7 @@ def append_rows(target: PublishTarget, spec: TableSpec, rows: list[dict[str, Any
     batch = pa.RecordBatch.from_pylist(
         [{name: row.get(name) for name in spec.names} for row in rows]
     )
-    with _reported(target, f"writing to table {target.names.table(spec)!r}"):
+    with database_errors(target, f"writing to table {target.names.table(spec)!r}"):
         conformed = conform_batch(batch, spec, spec.key)
         with open_sink(target) as sink:
             sink.ensure_schema()
@@ -535,7 +542,7 @@ def record_run(target: PublishTarget, record: RunRecord) -> None:
     names = [f.name for f in fields(RunRecord)]
     batch = pa.RecordBatch.from_pylist([{n: row[n] for n in names}])
     table = target.names.pipeline_runs
-    with _reported(target, f"writing run {record.run_id} to table {table!r}"):
+    with database_errors(target, f"writing run {record.run_id} to table {table!r}"):
         conformed = conform_batch(batch, PIPELINE_RUNS, "run log")
         with open_sink(target) as sink:
             sink.ensure_schema()

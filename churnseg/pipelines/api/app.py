@@ -1,0 +1,364 @@
+"""``churnseg api``: one customer's classes and scores over HTTP, rescoring and feedback.
+
+Routes (OpenAPI at ``/docs`` and ``/openapi.json``; docs/api.md):
+
+- ``GET /health``: up, schema version, newest snapshot (no token needed).
+- ``GET /customers/{id}``: the newest published row and the owner (scope ``read``).
+- ``POST /customers/{id}/rescore``: re-score the customer now from the sources and publish the
+  row as an intra-day update (scope ``rescore``).
+- ``POST /feedback``: a person's correction of a class, or a contact outcome (scope ``feedback``).
+
+Every ``POST`` is written to ``api_audit``, accepted or not. Errors are one JSON line with a
+``detail``; the ``X-Request-ID`` header names the request in the server log and the audit.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import Depends, FastAPI, HTTPException, Path, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, Field
+
+from churnseg.features.cleaning import DataContractError
+from churnseg.models.feedback import CONTACT, CORRECTION, check_correction
+from churnseg.models.registry import champion_version
+from churnseg.pipelines.api.auth import Principal, TokenRegistry
+from churnseg.pipelines.api.store import Store, now_utc
+from churnseg.pipelines.config import Config
+from churnseg.pipelines.publish import PublishError, publish_intraday, target_from_config
+from churnseg.pipelines.sources import SourceError
+from churnseg.pipelines.stages.intraday import (
+    IntradayUnavailableError,
+    Rescorer,
+    load_rescorer,
+    published_snapshot,
+    rescore_stage,
+)
+from churnseg.pipelines.stages.run_folder import RunPaths
+
+log = logging.getLogger("churnseg.api")
+CustomerId = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[^\s/]+$")]
+
+
+class CustomerRow(BaseModel):
+    """A customer's newest published classes and scores (docs/output_tables.md)."""
+
+    customer_id: str
+    snapshot_date: str
+    segment_id: int
+    segment_name: str
+    value_tier: str | None
+    lifecycle_stage: str | None
+    churn_probability: float
+    risk_band: str | None
+    top_reasons: list[str]
+    expected_value: float | None
+    value_at_risk: float | None
+    owner_id: str | None
+    update_kind: str | None
+    features_as_of: str | None
+    scored_at: str
+    segmentation_model_version: int
+    churn_model_version: int
+    run_id: str
+
+
+class Correction(BaseModel):
+    """A person's correction of one class of a customer; it overrides the model from then on."""
+
+    kind: Literal["correction"]
+    customer_id: str = Field(min_length=1, max_length=128)
+    field: str = Field(description="value_tier, lifecycle_stage or segment_name")
+    value: str = Field(min_length=1, max_length=128)
+    reason: str = Field(min_length=3, max_length=1000, description="Why, in your words.")
+
+
+class Contact(BaseModel):
+    """A retention contact and its outcome."""
+
+    kind: Literal["contact"]
+    customer_id: str = Field(min_length=1, max_length=128)
+    contacted_at: datetime
+    channel: str | None = Field(None, max_length=64)
+    outcome: str | None = Field(None, max_length=256)
+
+
+class FeedbackReceipt(BaseModel):
+    """What was stored."""
+
+    feedback_id: str
+    received_at: str
+    kind: str
+
+
+class Health(BaseModel):
+    """Whether the service can read its database, and what it serves."""
+
+    status: str
+    schema_version: int
+    snapshot: str | None
+
+
+_bearer = HTTPBearer(auto_error=False, description="A token from api.tokens.")
+
+
+def principal(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
+    """Return the holder of the request's bearer token (401 without a valid one)."""
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise HTTPException(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
+    tokens: TokenRegistry = request.app.state.tokens
+    found = tokens.principal(credentials.credentials)
+    if found is None:
+        raise HTTPException(401, "invalid token", headers={"WWW-Authenticate": "Bearer"})
+    request.state.actor = found.name
+    return found
+
+
+Caller = Annotated[Principal, Depends(principal)]
+
+
+class RescorerCache:
+    """The loaded rescorer, reloaded when a new snapshot or champion is published.
+
+    The check (one query and the MLflow registry) runs at most every ``reload_seconds``.
+    """
+
+    def __init__(self, config: Config, reload_seconds: float) -> None:
+        self._config = config
+        self._target = target_from_config(config)
+        self._reload = reload_seconds
+        self._lock = threading.Lock()
+        self._value: Rescorer | None = None
+        self._checked = 0.0
+
+    def get(self) -> Rescorer:
+        """Return the rescorer of the newest snapshot (loading it when it changed)."""
+        with self._lock:
+            if self._value is None or time.monotonic() - self._checked > self._reload:
+                if self._value is None or self._stale(self._value):
+                    self._value = load_rescorer(self._config, self._target)
+                self._checked = time.monotonic()
+            return self._value
+
+    def _stale(self, current: Rescorer) -> bool:
+        snapshot = published_snapshot(self._target)
+        mlflow = self._config.mlflow
+        versions = (
+            champion_version(mlflow.segmentation_model),
+            champion_version(mlflow.churn_model),
+        )
+        loaded = (current.models.segmentation_version, current.models.churn_version)
+        return snapshot.run_id != current.snapshot.run_id or versions != loaded
+
+
+def _row(found: dict[str, Any]) -> CustomerRow:
+    reasons = found.get("top_reasons")
+    return CustomerRow(
+        **{
+            **{k: v for k, v in found.items() if k in CustomerRow.model_fields},
+            "snapshot_date": str(found["snapshot_date"])[:10],
+            "top_reasons": [r for r in str(reasons).split("; ") if r] if reasons else [],
+            "features_as_of": _text(found.get("features_as_of")),
+            "scored_at": _text(found["scored_at"]),
+        }
+    )
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    return value.isoformat() if isinstance(value, datetime) else str(value)
+
+
+def create_app(config: Config) -> FastAPI:
+    """Return the API over the config's output database, models and sources.
+
+    Raises:
+        ConfigError: No usable token (``api.tokens``).
+        PublishError: The output database cannot be reached.
+    """
+    from churnseg.pipelines.stages import configure_mlflow
+
+    tokens = TokenRegistry(config.api)
+    configure_mlflow(config)
+    store = Store(target_from_config(config))
+    rescorers = RescorerCache(config, config.api.reload_seconds)
+    rescore_slots = threading.BoundedSemaphore(config.api.rescore_workers)
+    app = FastAPI(
+        title="churnseg",
+        summary="Customer segments, value tiers, lifecycle stages and churn risk, one at a time.",
+        version=str(store.schema_version),
+    )
+    app.state.tokens = tokens
+
+    def require(who: Principal, scope: str) -> None:
+        if not who.may(scope):
+            raise HTTPException(403, f"token {who.name!r} lacks scope {scope!r}")
+
+    def visible(who: Principal, customer_id: str) -> dict[str, Any]:
+        """Return the customer's row, or 404 when unpublished or another owner's."""
+        found = store.customer(customer_id)
+        if found is None or (who.owner_id is not None and found["owner_id"] != who.owner_id):
+            # The same answer for both: an owner's token cannot probe other owners' ids.
+            raise HTTPException(404, f"customer {customer_id!r} not found")
+        return found
+
+    @app.middleware("http")
+    async def audit_writes(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        request_id = uuid.uuid4().hex
+        request.state.request_id = request_id
+        started = now_utc()
+        response = await call_next(request)
+        response.headers["X-Request-ID"] = request_id
+        if request.method == "POST":
+            row = {
+                "audit_id": request_id,
+                "at": started,
+                "actor": getattr(request.state, "actor", None),
+                "method": request.method,
+                "path": request.url.path[:500],
+                "customer_id": getattr(request.state, "customer_id", None)
+                or request.path_params.get("customer_id"),
+                "status": response.status_code,
+                "detail": getattr(request.state, "detail", None),
+            }
+            try:
+                await run_in_threadpool(store.audit, row)
+            except PublishError:
+                log.exception("request %s: the audit row could not be written", request_id)
+                return JSONResponse(
+                    {"detail": "the audit log is unavailable; the request may have been applied"},
+                    status_code=503,
+                    headers={"X-Request-ID": request_id},
+                )
+        return response
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        request.state.detail = str(exc.detail)
+        return JSONResponse({"detail": exc.detail}, exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(PublishError)
+    async def database_down(request: Request, exc: PublishError) -> JSONResponse:
+        log.error("request %s: %s", getattr(request.state, "request_id", "?"), exc)
+        request.state.detail = "output database unavailable"
+        return JSONResponse({"detail": "the output database is unavailable"}, 503)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        request_id = getattr(request.state, "request_id", "?")
+        log.exception("request %s failed", request_id)
+        request.state.detail = f"internal error: {type(exc).__name__}"
+        return JSONResponse(
+            {"detail": f"internal error (request {request_id}); the server log has the cause"},
+            500,
+        )
+
+    @app.get("/health", response_model=Health, tags=["service"])
+    def health() -> Health:
+        """Say whether the output database answers, its schema version and newest snapshot."""
+        snapshot = store.latest_snapshot()
+        return Health(
+            status="ok",
+            schema_version=store.schema_version,
+            snapshot=snapshot.isoformat() if snapshot else None,
+        )
+
+    @app.get("/customers/{customer_id}", response_model=CustomerRow, tags=["customers"])
+    def get_customer(customer_id: CustomerId, who: Caller) -> CustomerRow:
+        """Return the customer's newest published row: classes, churn risk, reasons, owner."""
+        require(who, "read")
+        return _row(visible(who, customer_id))
+
+    @app.post("/customers/{customer_id}/rescore", response_model=CustomerRow, tags=["customers"])
+    def rescore(customer_id: CustomerId, who: Caller, request: Request) -> CustomerRow:
+        """Re-classify the customer now from the sources and publish the row (intra-day).
+
+        The row replaces the customer's row in the newest snapshot (``update_kind``
+        'intraday'); a customer new since the snapshot gets one.
+        """
+        require(who, "rescore")
+        if who.owner_id is not None:
+            visible(who, customer_id)
+        run_id = f"api-{request.state.request_id}"
+        paths = RunPaths(config.state_dir / "runs" / run_id)
+        with rescore_slots:
+            try:
+                rescorer = rescorers.get()
+                scores = rescore_stage(
+                    config, store.target, rescorer, [customer_id], now_utc().replace(tzinfo=None),
+                    paths, run_id,
+                )  # fmt: skip
+                if scores is None:
+                    raise HTTPException(404, f"customer {customer_id!r} has no rows in the sources")
+                publish_intraday(scores, store.target)
+            except IntradayUnavailableError as exc:
+                raise HTTPException(409, str(exc)) from None
+            except (SourceError, DataContractError) as exc:
+                log.error("rescore %s: %s", customer_id, exc)
+                raise HTTPException(503, f"the sources cannot be read: {exc}") from None
+            finally:
+                shutil.rmtree(paths.root, ignore_errors=True)
+        request.state.detail = f"rescored as of the snapshot {rescorer.snapshot.snapshot_date}"
+        found = store.customer(customer_id)
+        assert found is not None, "a published row reads back"
+        return _row(found)
+
+    @app.post("/feedback", response_model=FeedbackReceipt, status_code=201, tags=["feedback"])
+    def feedback(
+        body: Annotated[Correction | Contact, Field(discriminator="kind")],
+        who: Caller,
+        request: Request,
+    ) -> FeedbackReceipt:
+        """Record a correction of a class (who, what, why) or a contact outcome."""
+        require(who, "feedback")
+        request.state.customer_id = body.customer_id
+        visible(who, body.customer_id)
+        row: dict[str, Any] = {
+            "feedback_id": uuid.uuid4().hex,
+            "received_at": now_utc(),
+            "customer_id": body.customer_id,
+            "author": who.name,
+        }
+        if isinstance(body, Correction):
+            refused = check_correction(body.field, body.value)
+            if refused is not None:
+                raise HTTPException(422, refused)
+            row |= {
+                "kind": CORRECTION,
+                "field": body.field,
+                "value": body.value,
+                "reason": body.reason,
+            }
+            request.state.detail = f"correction {body.field} = {body.value}"
+        else:
+            row |= {
+                "kind": CONTACT,
+                "contacted_at": body.contacted_at,
+                "channel": body.channel,
+                "outcome": body.outcome,
+            }
+            request.state.detail = "contact outcome"
+        store.feedback(row)
+        return FeedbackReceipt(
+            feedback_id=row["feedback_id"],
+            received_at=row["received_at"].isoformat(),
+            kind=row["kind"],
+        )
+
+    return app
