@@ -203,10 +203,10 @@ def test_bad_feedback_is_refused_clearly_and_audited(
     assert response.status_code == status, response.text
     assert says in response.text
     no_trace(response)
-    audit = api.db(
-        f"SELECT status FROM api_audit WHERE audit_id = '{response.headers['X-Request-ID']}'"
-    )
+    request_id = response.headers["X-Request-ID"]
+    audit = api.db(f"SELECT status, detail FROM api_audit WHERE audit_id = '{request_id}'")
     assert audit["status"].tolist() == [status]
+    assert audit["detail"].iloc[0], "the audit says why it was refused"
 
 
 def test_feedback_on_another_owners_customer_or_without_scope_is_refused(api: Api) -> None:

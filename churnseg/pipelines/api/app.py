@@ -25,6 +25,8 @@ from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Path, Request, Response
 from fastapi.concurrency import run_in_threadpool
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
@@ -252,6 +254,14 @@ def create_app(config: Config) -> FastAPI:
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         request.state.detail = str(exc.detail)
         return JSONResponse({"detail": exc.detail}, exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_input(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        first = errors[0] if errors else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        request.state.detail = f"invalid input: {where}: {first.get('msg', '')}"[:500]
+        return JSONResponse({"detail": jsonable_encoder(errors)}, 422)
 
     @app.exception_handler(PublishError)
     async def database_down(request: Request, exc: PublishError) -> JSONResponse:
