@@ -68,6 +68,7 @@ def api(trained_state: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     other = str(assignments.loc[assignments["owner_id"] != owner_id, "customer_id"].iloc[0])
     config = yaml.safe_load(path.read_text())
     config["api"] = {
+        "rescore_workers": 1,
         "tokens": [
             {"name": "ops", "token_env": "CHURNSEG_TEST_ADMIN", "scopes": list(_SCOPES)},
             {"name": "analyst", "token_sha256": token_digest(READER)},
@@ -287,3 +288,19 @@ def test_the_api_refuses_to_start_without_a_usable_token(
     monkeypatch.setenv("CHURNSEG_SHORT", "short")
     with pytest.raises(ConfigError, match="has 5 characters; use at least 16"):
         create_app(with_tokens(ApiTokenConfig(name="x", token_env="CHURNSEG_SHORT")))  # type: ignore[arg-type]
+
+
+def test_concurrent_rescores_are_computed_together(api: Api) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    ids = api.db("SELECT customer_id FROM customer_scores_latest ORDER BY customer_id LIMIT 6")
+    with ThreadPoolExecutor(6) as pool:
+        responses = list(
+            pool.map(
+                lambda c: api.call("POST", f"/customers/{c}/rescore", ADMIN), ids["customer_id"]
+            )
+        )
+    assert [r.status_code for r in responses] == [200] * 6, [r.text for r in responses]
+    runs = {r.json()["run_id"] for r in responses}
+    # One run at a time: the first request's run, then one run for everyone who arrived during it.
+    assert len(runs) <= 2, runs

@@ -787,10 +787,16 @@ class ApiConfig(_Strict):
         default_factory=list, description="Bearer tokens; the API refuses to start without one."
     )
     rescore_workers: int = Field(
-        2,
+        1,
         ge=1,
         le=32,
-        description="Rescores computed at once; more wait their turn (each uses a core).",
+        description="Rescore runs at once; requests arriving meanwhile join the next run.",
+    )
+    rescore_batch: int = Field(
+        64,
+        ge=1,
+        le=10_000,
+        description="Most rescore requests computed together (those that arrived meanwhile).",
     )
     reload_seconds: float = Field(
         60.0,

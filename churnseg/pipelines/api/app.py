@@ -14,27 +14,31 @@ Every ``POST`` is written to ``api_audit``, accepted or not. Errors are one JSON
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import shutil
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, HTTPException, Path, Request, Response
+import pyarrow.parquet as pq
+from fastapi import Depends, FastAPI, HTTPException, Path, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from churnseg.features.cleaning import DataContractError
 from churnseg.models.feedback import CONTACT, CORRECTION, check_correction
 from churnseg.models.registry import champion_version
 from churnseg.pipelines.api.auth import Principal, TokenRegistry
+from churnseg.pipelines.api.batching import Coalescer
 from churnseg.pipelines.api.store import Store, now_utc
 from churnseg.pipelines.config import Config
 from churnseg.pipelines.publish import PublishError, publish_intraday, target_from_config
@@ -114,7 +118,7 @@ class Health(BaseModel):
 _bearer = HTTPBearer(auto_error=False, description="A token from api.tokens.")
 
 
-def principal(
+async def principal(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
@@ -130,6 +134,90 @@ def principal(
 
 
 Caller = Annotated[Principal, Depends(principal)]
+
+
+@dataclass(frozen=True)
+class RescoreBatch:
+    """One rescore run: its id, the customers it scored, how many it was asked for."""
+
+    run_id: str
+    scored: frozenset[str]
+    size: int
+
+
+class AuditMiddleware:
+    """Names every request (``X-Request-ID``) and writes every ``POST`` to ``api_audit``.
+
+    A POST's response is held until its audit row is stored: when the audit cannot be
+    written the client gets 503 instead, so no write goes unaudited without the client
+    hearing of it. Pure ASGI (no per-request task or body copy for reads).
+    """
+
+    def __init__(self, app: ASGIApp, store: Store) -> None:
+        self.app = app
+        self.store = store
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Handle one ASGI call (HTTP requests are named, POSTs audited)."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = uuid.uuid4().hex
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        named = (b"x-request-id", request_id.encode())
+        if scope["method"] != "POST":
+
+            async def send_named(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    message["headers"] = [*message.get("headers", []), named]
+                await send(message)
+
+            await self.app(scope, receive, send_named)
+            return
+        started = now_utc()
+        held: list[Message] = []
+
+        async def hold(message: Message) -> None:
+            held.append(message)
+
+        try:
+            await self.app(scope, receive, hold)
+        except Exception:
+            await self._audit(scope, request_id, started, 500)
+            raise
+        if not await self._audit(scope, request_id, started, int(held[0]["status"])):
+            refused = JSONResponse(
+                {"detail": "the audit log is unavailable; the request may have been applied"},
+                status_code=503,
+                headers={"X-Request-ID": request_id},
+            )
+            await refused(scope, receive, send)
+            return
+        held[0]["headers"] = [*held[0].get("headers", []), named]
+        for message in held:
+            await send(message)
+
+    async def _audit(self, scope: Scope, request_id: str, at: datetime, status: int) -> bool:
+        """Write the audit row of a request; return False when it could not be stored."""
+        state = scope.get("state", {})
+        row = {
+            "audit_id": request_id,
+            "at": at,
+            "actor": state.get("actor"),
+            "method": scope["method"],
+            "path": str(scope["path"])[:500],
+            "customer_id": state.get("customer_id")
+            or scope.get("path_params", {}).get("customer_id"),
+            "status": status,
+            "detail": state.get("detail"),
+        }
+        try:
+            await run_in_threadpool(self.store.audit, row)
+        except PublishError:
+            log.exception("request %s: the audit row could not be written", request_id)
+            return False
+        return True
 
 
 class RescorerCache:
@@ -198,13 +286,33 @@ def create_app(config: Config) -> FastAPI:
     configure_mlflow(config)
     store = Store(target_from_config(config))
     rescorers = RescorerCache(config, config.api.reload_seconds)
-    rescore_slots = threading.BoundedSemaphore(config.api.rescore_workers)
+
+    def rescore_batch(customer_ids: list[str]) -> RescoreBatch:
+        """Re-score and publish some customers in one run; say which had rows."""
+        run_id = f"api-{uuid.uuid4().hex}"
+        paths = RunPaths(config.state_dir / "runs" / run_id)
+        try:
+            rescorer = rescorers.get()
+            moment = now_utc().replace(tzinfo=None)
+            scores = rescore_stage(
+                config, store.target, rescorer, customer_ids, moment, paths, run_id
+            )
+            if scores is None:
+                return RescoreBatch(run_id, frozenset(), len(customer_ids))
+            scored = pq.read_table(scores, columns=["customer_id"]).column(0).to_pylist()
+            publish_intraday(scores, store.target)
+            return RescoreBatch(run_id, frozenset(scored), len(customer_ids))
+        finally:
+            shutil.rmtree(paths.root, ignore_errors=True)
+
+    rescores = Coalescer(rescore_batch, config.api.rescore_workers, config.api.rescore_batch)
     app = FastAPI(
         title="churnseg",
         summary="Customer segments, value tiers, lifecycle stages and churn risk, one at a time.",
         version=str(store.schema_version),
     )
     app.state.tokens = tokens
+    app.add_middleware(AuditMiddleware, store=store)
 
     def require(who: Principal, scope: str) -> None:
         if not who.may(scope):
@@ -217,38 +325,6 @@ def create_app(config: Config) -> FastAPI:
             # The same answer for both: an owner's token cannot probe other owners' ids.
             raise HTTPException(404, f"customer {customer_id!r} not found")
         return found
-
-    @app.middleware("http")
-    async def audit_writes(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        request_id = uuid.uuid4().hex
-        request.state.request_id = request_id
-        started = now_utc()
-        response = await call_next(request)
-        response.headers["X-Request-ID"] = request_id
-        if request.method == "POST":
-            row = {
-                "audit_id": request_id,
-                "at": started,
-                "actor": getattr(request.state, "actor", None),
-                "method": request.method,
-                "path": request.url.path[:500],
-                "customer_id": getattr(request.state, "customer_id", None)
-                or request.path_params.get("customer_id"),
-                "status": response.status_code,
-                "detail": getattr(request.state, "detail", None),
-            }
-            try:
-                await run_in_threadpool(store.audit, row)
-            except PublishError:
-                log.exception("request %s: the audit row could not be written", request_id)
-                return JSONResponse(
-                    {"detail": "the audit log is unavailable; the request may have been applied"},
-                    status_code=503,
-                    headers={"X-Request-ID": request_id},
-                )
-        return response
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
@@ -290,43 +366,41 @@ def create_app(config: Config) -> FastAPI:
         )
 
     @app.get("/customers/{customer_id}", response_model=CustomerRow, tags=["customers"])
-    def get_customer(customer_id: CustomerId, who: Caller) -> CustomerRow:
+    async def get_customer(customer_id: CustomerId, who: Caller) -> JSONResponse:
         """Return the customer's newest published row: classes, churn risk, reasons, owner."""
         require(who, "read")
-        return _row(visible(who, customer_id))
+        if store.target.is_sqlite:
+            # An indexed lookup in a local file takes tens of microseconds: a hop to a worker
+            # thread and back would cost more than the query.
+            found = visible(who, customer_id)
+        else:
+            found = await run_in_threadpool(visible, who, customer_id)
+        return JSONResponse(_row(found).model_dump())
 
     @app.post("/customers/{customer_id}/rescore", response_model=CustomerRow, tags=["customers"])
-    def rescore(customer_id: CustomerId, who: Caller, request: Request) -> CustomerRow:
+    async def rescore(customer_id: CustomerId, who: Caller, request: Request) -> CustomerRow:
         """Re-classify the customer now from the sources and publish the row (intra-day).
 
         The row replaces the customer's row in the newest snapshot (``update_kind``
-        'intraday'); a customer new since the snapshot gets one.
+        'intraday'); a customer new since the snapshot gets one. Requests that arrive while a
+        rescore runs are computed together in the next one (``run_id`` names it).
         """
         require(who, "rescore")
         if who.owner_id is not None:
-            visible(who, customer_id)
-        run_id = f"api-{request.state.request_id}"
-        paths = RunPaths(config.state_dir / "runs" / run_id)
-        with rescore_slots:
-            try:
-                rescorer = rescorers.get()
-                scores = rescore_stage(
-                    config, store.target, rescorer, [customer_id], now_utc().replace(tzinfo=None),
-                    paths, run_id,
-                )  # fmt: skip
-                if scores is None:
-                    raise HTTPException(404, f"customer {customer_id!r} has no rows in the sources")
-                publish_intraday(scores, store.target)
-            except IntradayUnavailableError as exc:
-                raise HTTPException(409, str(exc)) from None
-            except (SourceError, DataContractError) as exc:
-                log.error("rescore %s: %s", customer_id, exc)
-                raise HTTPException(503, f"the sources cannot be read: {exc}") from None
-            finally:
-                shutil.rmtree(paths.root, ignore_errors=True)
-        request.state.detail = f"rescored as of the snapshot {rescorer.snapshot.snapshot_date}"
-        found = store.customer(customer_id)
-        assert found is not None, "a published row reads back"
+            await run_in_threadpool(visible, who, customer_id)
+        try:
+            batch = await asyncio.wrap_future(rescores.submit(customer_id))
+        except IntradayUnavailableError as exc:
+            raise HTTPException(409, str(exc)) from None
+        except (SourceError, DataContractError) as exc:
+            log.error("rescore %s: %s", customer_id, exc)
+            raise HTTPException(503, f"the sources cannot be read: {exc}") from None
+        if customer_id not in batch.scored:
+            raise HTTPException(404, f"customer {customer_id!r} has no rows in the sources")
+        request.state.detail = f"rescored in {batch.run_id} with {batch.size} customer(s)"
+        found = await run_in_threadpool(store.customer, customer_id)
+        if found is None:  # published and read back in the same database: cannot happen
+            raise HTTPException(500, "the rescored row did not read back")
         return _row(found)
 
     @app.post("/feedback", response_model=FeedbackReceipt, status_code=201, tags=["feedback"])

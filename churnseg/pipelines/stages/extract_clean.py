@@ -160,7 +160,8 @@ def clean_stage(
     Logs counts and the quality report to the active MLflow run, if any.
 
     ``scoped``: the extract holds a few customers' rows (an intra-day update): a table may be
-    empty and the share quarantined is not checked; the full runs judge each table as a whole.
+    empty, and only the clean tables and the ids quarantined rows show are written (no
+    quarantine, no report: returns an empty dict); the full runs judge each table as a whole.
     ``attribute_kinds`` then gives the customer attributes' kinds the full run inferred; every
     run writes the kinds it used to ``clean/attributes.json``.
 
@@ -187,10 +188,7 @@ def clean_stage(
         raw = con.read_parquet(paths.raw / f"{name}.parquet")
         options = ReadOptions(tuple(source.date_formats), source.time_zone)
         conformed = conform(raw, CONTRACTS[name], source.columns, options)
-        if scoped:
-            rows = int(raw.count().execute())
-        else:
-            rows = check_usable(raw, conformed, CONTRACTS[name], source.columns)
+        rows = 0 if scoped else check_usable(raw, conformed, CONTRACTS[name], source.columns)
         customer_options = None
         if name == "customers":
             customer_options = _customer_options(
@@ -206,6 +204,14 @@ def clean_stage(
         result = split_tagged(name, con.read_parquet(tagged_file), rules)
         clean_file = paths.clean / f"{name}.parquet"
         con.to_parquet(result.clean.drop(ROW), clean_file)
+        if scoped:  # no quarantine report: only the clean rows and the ids they show
+            if name in SEEN_AT:
+                seen_parts.append(paths.clean / f"{name}.seen.parquet")
+                con.to_parquet(seen_in_quarantine(result.quarantine, name, rules), seen_parts[-1])
+            tagged_file.unlink()
+            if name == "customers":
+                customer_ids = con.read_parquet(clean_file).select("customer_id")
+            continue
         quarantine_file = paths.quarantine / f"{name}.parquet"
         con.to_parquet(raw_rows(raw, result.quarantine), quarantine_file)
         if name in SEEN_AT:
@@ -238,6 +244,8 @@ def clean_stage(
             check_unique_owners(con.read_parquet(clean_file))
     stubs = _add_stub_customers(con, config, paths)
     _write_seen(con, seen_parts, config, paths)
+    if scoped:
+        return {}
     _write_quarantine(con, records, paths.root / QUARANTINE_FILE)
     report = {
         name: profile_table(

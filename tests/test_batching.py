@@ -1,0 +1,47 @@
+"""The API's coalescer: requests that arrive during a run share the next one."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from churnseg.pipelines.api.batching import Coalescer
+
+
+def test_keys_submitted_during_a_run_share_the_next_run() -> None:
+    started, release = threading.Event(), threading.Event()
+    runs: list[list[str]] = []
+
+    def work(keys: list[str]) -> int:
+        runs.append(keys)
+        if len(runs) == 1:
+            started.set()
+            release.wait(5)
+        return len(runs)
+
+    coalescer: Coalescer[str, int] = Coalescer(work, workers=1, max_batch=3)
+    first = coalescer.submit("a")
+    assert started.wait(5)
+    waiting = [coalescer.submit(k) for k in ("b", "c", "b", "d", "e")]
+    release.set()
+    assert first.result(5) == 1
+    results = [f.result(5) for f in waiting]
+    coalescer.close()
+    assert runs == [["a"], ["b", "c", "d"], ["e"]], "oldest first, at most 3, 'b' once"
+    assert results == [2, 2, 2, 2, 3], "both requests for 'b' get the run that had it"
+
+
+def test_a_failed_run_fails_every_request_in_it_and_the_next_run_still_works() -> None:
+    def work(keys: list[str]) -> str:
+        if "bad" in keys:
+            raise ValueError("source down")
+        return ",".join(keys)
+
+    coalescer: Coalescer[str, str] = Coalescer(work, workers=2, max_batch=10)
+    with pytest.raises(ValueError, match="source down"):
+        coalescer.submit("bad").result(5)
+    assert coalescer.submit("ok").result(5) == "ok"
+    coalescer.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        coalescer.submit("late")
