@@ -437,3 +437,45 @@ def test_database_equals_last_publish_per_snapshot_within_retention(
                 del model[old]
         expected = [row for snapshot in sorted(model) for row in model[snapshot]]
         assert published(target) == expected
+
+
+def test_an_intraday_update_replaces_rows_in_place_and_refreshes_the_allocation_copies(
+    target: PublishTarget, tmp_path: Path
+) -> None:
+    from churnseg.pipelines.publish import AllocationFiles, publish_intraday
+
+    day = "2026-01-01"
+    assignments = pd.DataFrame(
+        {
+            "snapshot_date": day,
+            "customer_id": ["A", "B"],
+            "owner_id": ["o1", "o2"],
+            "reason": "kept",
+            "risk_band": "low",
+            "churn_probability": 0.1,
+            "run_id": "r",
+        }
+    )
+    workload = pd.DataFrame(
+        {"snapshot_date": day, "owner_id": ["o1", "o2"], "active": 1, "capacity": 5,
+         "accounts": 1, "a_tier_accounts": 0, "high_risk_accounts": 0, "value_at_risk": 0.0,
+         "moved_in": 0, "moved_out": 0, "run_id": "r"}
+    )  # fmt: skip
+    files = AllocationFiles(
+        write(assignments, tmp_path / "a.parquet"), write(workload, tmp_path / "w.parquet")
+    )
+    publish_scores(write(scores(day, ["A", "B"], 0.1), tmp_path / "s.parquet"), target, None, files)
+    update = scores(day, ["B", "N"], 0.9, risk_band="high", update_kind="intraday", run_id="u")
+    assert publish_intraday(write(update, tmp_path / "u.parquet"), target) == 2
+    assert published(target) == [(day, "A", 0.1), (day, "B", 0.9), (day, "N", 0.9)]
+    kinds = query(
+        target, "SELECT customer_id, update_kind FROM {schema}.customer_scores ORDER BY 1"
+    )
+    assert kinds == [("A", None), ("B", "intraday"), ("N", "intraday")]
+    copies = query(
+        target,
+        "SELECT customer_id, owner_id, churn_probability, risk_band, run_id "
+        "FROM {schema}.customer_assignments ORDER BY 1",
+    )
+    # B's copy follows its new score; its owner and the allocation's run stay; N has no owner.
+    assert copies == [("A", "o1", 0.1, "low", "r"), ("B", "o2", 0.9, "high", "r")]
