@@ -149,8 +149,11 @@ def test_feature_stage_on_spark_writes_the_duckdb_tables(
         pd.testing.assert_frame_equal(_frame(a), _frame(b), rtol=1e-9, atol=1e-9)
     # Nothing of Spark's left behind: no part folders, no staging files, no views.
     assert sorted(p.name for p in sparked.features.iterdir()) == [
+        "scoring.build.json",
         "scoring.parquet",
+        "train.build.json",
         "train.parquet",
+        "validation.build.json",
         "validation.parquet",
     ]
     assert not [t for t in spark.catalog.listTables() if t.name.startswith("churnseg_")]

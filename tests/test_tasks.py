@@ -17,7 +17,14 @@ from churnseg.pipelines.publish import PublishError
 ALL_TASKS: dict[str, Task[Any, Any]] = {
     name: value for name, value in vars(tasks).items() if isinstance(value, Task)
 }
-IO_TASKS = {"extract", "publish", "publish_profiles", "publish_assignments"}
+IO_TASKS = {
+    "extract",
+    "publish",
+    "publish_profiles",
+    "publish_assignments",
+    "changed_customers",
+    "publish_update",
+}
 
 
 def test_every_task_has_a_readable_name_and_a_timeout() -> None:

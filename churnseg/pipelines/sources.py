@@ -675,34 +675,39 @@ def _changed_in_file(
     return {i for i in found if i}
 
 
-def _changed_in_database(
-    name: str, source: SourceConfig, config: Config, since: datetime, until: datetime
+def _database_ids(
+    name: str,
+    source: SourceConfig,
+    config: Config,
+    dated: list[str] | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
 ) -> set[str]:
-    """Return the ids of a database source with a dated row in ``[since, until]``.
+    """Return the distinct customer ids of a database source, as text.
 
-    The moments go to the database as untyped text, so they compare with a timestamp, a date
-    or an ISO text column alike, in the database's own types.
+    With ``dated`` columns, only ids with a value of one of them in ``[since, until]``. The
+    moments go to the database as untyped text (``_untyped``), so they compare with a
+    timestamp, a date or an ISO text column alike, in the database's own types.
     """
     url = database_url(config.resolve(source.url or ""))
     where = f"table {name!r} ({url.render_as_string(hide_password=True)})"
     id_column = _customer_column(source)
-    dated = [source.columns.get(c, c) for c in DATED_COLUMNS[name]]
-    start, end = (m.replace(tzinfo=None).strftime("%Y-%m-%d %H:%M:%S") for m in (since, until))
     engine = sa.create_engine(url)
     try:
         with engine.connect() as conn:
             rows, columns = _source_from(conn, source, where)
-            present = [c for c in dated if c in columns]
-            if id_column not in columns or not present:
+            if id_column not in columns:
                 return set()
-            stmt: Any = (
-                sa.select(sa.column(id_column))
-                .select_from(rows)
-                .where(
-                    sa.or_(*(sa.column(c).between(_untyped(start), _untyped(end)) for c in present))
+            stmt: Any = sa.select(sa.column(id_column)).select_from(rows).distinct()
+            if dated is not None and since is not None and until is not None:
+                present = [c for c in dated if c in columns]
+                if not present:
+                    return set()
+                start, end = (
+                    _untyped(m.replace(tzinfo=None).strftime("%Y-%m-%d %H:%M:%S"))
+                    for m in (since, until)
                 )
-                .distinct()
-            )
+                stmt = stmt.where(sa.or_(*(sa.column(c).between(start, end) for c in present)))
             found = conn.execute(stmt).scalars().all()
     except sa.exc.SQLAlchemyError as exc:
         reason = _first_line(getattr(exc, "orig", None) or exc, url.password)
@@ -732,7 +737,8 @@ def customers_changed_since(
             if source.path is not None:
                 found[name] = _changed_in_file(con, name, source, config, since, until)
             else:
-                found[name] = _changed_in_database(name, source, config, since, until)
+                dated = [source.columns.get(c, c) for c in DATED_COLUMNS[name]]
+                found[name] = _database_ids(name, source, config, dated, since, until)
     finally:
         con.disconnect()
     return found
@@ -755,17 +761,4 @@ def source_customer_ids(config: Config) -> set[str]:
         finally:
             con.disconnect()
         return {i for i in found if i}
-    url = database_url(config.resolve(source.url or ""))
-    where = f"table 'customers' ({url.render_as_string(hide_password=True)})"
-    engine = sa.create_engine(url)
-    try:
-        with engine.connect() as conn:
-            rows, _ = _source_from(conn, source, where)
-            stmt: Any = sa.select(sa.column(id_column)).select_from(rows).distinct()
-            found = conn.execute(stmt).scalars().all()
-    except sa.exc.SQLAlchemyError as exc:
-        reason = _first_line(getattr(exc, "orig", None) or exc, url.password)
-        raise SourceError(f"{where}: cannot read: {reason}") from None
-    finally:
-        engine.dispose()
-    return {str(i).strip() for i in found if i is not None and str(i).strip()}
+    return _database_ids("customers", source, config)
