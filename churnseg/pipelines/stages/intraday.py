@@ -15,10 +15,12 @@ import shutil
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time
 from pathlib import Path
+from typing import cast
 
 import mlflow
 import pyarrow.parquet as pq
 
+from churnseg.features.cleaning import AttributeKind
 from churnseg.features.settings import FeatureConfig
 from churnseg.features.snapshots import CutoffPlan
 from churnseg.models.feedback import corrections_as_overrides
@@ -193,7 +195,8 @@ def rescore_stage(
     shutil.rmtree(paths.root, ignore_errors=True)
     if sum(extract_sources(narrow, paths.raw, customer_ids).values()) == 0:
         return None
-    clean_stage(narrow, paths, scoped=True, attribute_kinds=state.attribute_kinds)  # type: ignore[arg-type]
+    kinds = cast(dict[str, AttributeKind], state.attribute_kinds)  # as the full run wrote them
+    clean_stage(narrow, paths, scoped=True, attribute_kinds=kinds)
     if not _any_rows(paths.clean):
         return None  # every row quarantined and no date to place the customer at
     plan = CutoffPlan(as_of, as_of, (), config.snapshots.horizon_days)
