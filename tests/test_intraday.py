@@ -110,6 +110,10 @@ def test_the_update_rescores_exactly_the_customers_with_newer_rows(
     new = intraday.set_index("customer_id")["churn_probability"]
     buyers = sorted(changed - {"NEW-1"})[:4]
     assert (new.loc[buyers] != old.loc[buyers]).all()
+    runs = read(path, "SELECT * FROM pipeline_runs WHERE flow = 'score-changed'")
+    assert runs[["status", "snapshot_date", "rows_published"]].values.tolist() == [
+        ["succeeded", summary["snapshot"], len(changed)]
+    ]
 
 
 def test_an_update_equals_a_full_build_of_every_customer_at_the_same_moment(

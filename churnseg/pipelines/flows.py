@@ -476,7 +476,6 @@ def score_changed_flow(config_path: str | None = None, as_of: str | None = None)
         )
         entry.snapshot_date = snapshot.snapshot_date
         changed = tasks.changed_customers(config, snapshot, moment)
-        entry.rows_read = len(changed)
         scores = (
             tasks.rescore(config, rescorer, changed, moment, paths, run.info.run_id)
             if changed
