@@ -45,3 +45,16 @@ def test_a_failed_run_fails_every_request_in_it_and_the_next_run_still_works() -
     coalescer.close()
     with pytest.raises(RuntimeError, match="closed"):
         coalescer.submit("late")
+
+
+def test_a_worker_lingers_for_more_keys_before_it_starts() -> None:
+    runs: list[list[int]] = []
+    coalescer: Coalescer[int, None] = Coalescer(
+        lambda keys: runs.append(keys), workers=1, max_batch=10, linger_seconds=0.5
+    )
+    first = coalescer.submit(1)
+    later = [coalescer.submit(k) for k in (2, 3)]  # well within the linger
+    for future in (first, *later):
+        future.result(5)
+    coalescer.close()
+    assert runs == [[1, 2, 3]], "one run, not a run of one and then the rest"

@@ -798,6 +798,12 @@ class ApiConfig(_Strict):
         le=10_000,
         description="Most rescore requests computed together (those that arrived meanwhile).",
     )
+    rescore_linger_seconds: float = Field(
+        0.25,
+        ge=0.0,
+        le=5.0,
+        description="How long a rescore run waits for more requests before it starts.",
+    )
     reload_seconds: float = Field(
         60.0,
         gt=0,

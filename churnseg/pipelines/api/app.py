@@ -138,11 +138,12 @@ Caller = Annotated[Principal, Depends(principal)]
 
 @dataclass(frozen=True)
 class RescoreBatch:
-    """One rescore run: its id, the customers it scored, how many it was asked for."""
+    """One rescore run: its id, the customers it scored, how many it was asked for, its time."""
 
     run_id: str
     scored: frozenset[str]
     size: int
+    seconds: float = 0.0
 
 
 class AuditMiddleware:
@@ -291,21 +292,28 @@ def create_app(config: Config) -> FastAPI:
         """Re-score and publish some customers in one run; say which had rows."""
         run_id = f"api-{uuid.uuid4().hex}"
         paths = RunPaths(config.state_dir / "runs" / run_id)
+        started = time.perf_counter()
         try:
             rescorer = rescorers.get()
             moment = now_utc().replace(tzinfo=None)
             scores = rescore_stage(
                 config, store.target, rescorer, customer_ids, moment, paths, run_id
             )
-            if scores is None:
-                return RescoreBatch(run_id, frozenset(), len(customer_ids))
-            scored = pq.read_table(scores, columns=["customer_id"]).column(0).to_pylist()
-            publish_intraday(scores, store.target)
-            return RescoreBatch(run_id, frozenset(scored), len(customer_ids))
+            scored: list[str] = []
+            if scores is not None:
+                scored = pq.read_table(scores, columns=["customer_id"]).column(0).to_pylist()
+                publish_intraday(scores, store.target)
+            seconds = time.perf_counter() - started
+            return RescoreBatch(run_id, frozenset(scored), len(customer_ids), seconds)
         finally:
             shutil.rmtree(paths.root, ignore_errors=True)
 
-    rescores = Coalescer(rescore_batch, config.api.rescore_workers, config.api.rescore_batch)
+    rescores = Coalescer(
+        rescore_batch,
+        config.api.rescore_workers,
+        config.api.rescore_batch,
+        config.api.rescore_linger_seconds,
+    )
     app = FastAPI(
         title="churnseg",
         summary="Customer segments, value tiers, lifecycle stages and churn risk, one at a time.",
@@ -397,7 +405,9 @@ def create_app(config: Config) -> FastAPI:
             raise HTTPException(503, f"the sources cannot be read: {exc}") from None
         if customer_id not in batch.scored:
             raise HTTPException(404, f"customer {customer_id!r} has no rows in the sources")
-        request.state.detail = f"rescored in {batch.run_id} with {batch.size} customer(s)"
+        request.state.detail = (
+            f"rescored in {batch.run_id} with {batch.size} customer(s) in {batch.seconds:.2f} s"
+        )
         found = await run_in_threadpool(store.customer, customer_id)
         if found is None:  # published and read back in the same database: cannot happen
             raise HTTPException(500, "the rescored row did not read back")

@@ -9,6 +9,7 @@ waits about two runs.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Generic, TypeVar
@@ -25,9 +26,28 @@ class Coalescer(Generic[K, R]):
     exception. A key submitted twice before its run shares one slot.
     """
 
-    def __init__(self, work: Callable[[list[K]], R], workers: int, max_batch: int) -> None:
+    def __init__(
+        self,
+        work: Callable[[list[K]], R],
+        workers: int,
+        max_batch: int,
+        linger_seconds: float = 0.0,
+    ) -> None:
+        """Start the workers.
+
+        Args:
+            work: Computes the result of a batch of keys.
+            workers: Batches run at once.
+            max_batch: Most keys in one batch.
+            linger_seconds: How long a worker that found fewer than ``max_batch`` keys waits
+                for more before it starts. Without it, the first client to ask again after a
+                run starts a run of one, and everyone else waits for it (runs alternated
+                between 1 and 30 customers under 32 clients; 50 ms caught half the clients,
+                whose answers leave one by one as their audit rows are written; 250 ms all).
+        """
         self._work = work
         self._max_batch = max_batch
+        self._linger = linger_seconds
         self._pending: dict[K, list[Future[R]]] = {}
         self._ready = threading.Condition()
         self._closed = False
@@ -63,6 +83,12 @@ class Coalescer(Generic[K, R]):
                     self._ready.wait()
                 if not self._pending:
                     return
+                deadline = time.monotonic() + self._linger
+                while len(self._pending) < self._max_batch and not self._closed:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._ready.wait(left)
                 keys = list(self._pending)[: self._max_batch]
                 waiting = [f for key in keys for f in self._pending.pop(key)]
             try:
