@@ -10,6 +10,7 @@ import os
 import sqlite3
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -217,32 +218,39 @@ def postgres_reason() -> str | None:
     return None
 
 
-@pytest.fixture(scope="module")
-def pg_schema() -> Iterator[str]:
-    """A schema unique to this module with an ``orders`` table, dropped afterwards."""
+@contextmanager
+def orders_schema(prefix: str, columns: str, values: str) -> Iterator[str]:
+    """A schema of its own with an ``orders`` table (indexed on its first column), dropped after."""
     reason = postgres_reason()
     if reason:
         pytest.skip(reason)
     import psycopg
 
-    schema = f"churnseg_sources_{uuid.uuid4().hex[:8]}"
+    schema = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    first = columns.split()[0]
     with psycopg.connect(PG_URL, autocommit=True) as con:
         con.execute(f'CREATE SCHEMA "{schema}"')
-        con.execute(
-            f'CREATE TABLE "{schema}".orders (cust_no text, ordered_at timestamptz, '
-            "net_value numeric(12, 2), qty integer, note text)"
-        )
-        con.execute(
-            f'INSERT INTO "{schema}".orders VALUES '
-            "('A', '2024-01-01 10:00+02', 10.50, 1, NULL), "
-            "('B', '2024-07-01 00:30+00', 3.00, NULL, NULL), "
-            "('C', '2024-07-02 12:00+00', -2.25, 2, NULL)"
-        )
+        con.execute(f'CREATE TABLE "{schema}".orders ({columns})')
+        con.execute(f'CREATE INDEX ON "{schema}".orders ({first})')
+        con.execute(f'INSERT INTO "{schema}".orders VALUES {values}')
     try:
         yield schema
     finally:
         with psycopg.connect(PG_URL, autocommit=True) as con:
             con.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+@pytest.fixture(scope="module")
+def pg_schema() -> Iterator[str]:
+    """A schema unique to this module with an ``orders`` table, dropped afterwards."""
+    with orders_schema(
+        "churnseg_sources",
+        "cust_no text, ordered_at timestamptz, net_value numeric(12, 2), qty integer, note text",
+        "('A', '2024-01-01 10:00+02', 10.50, 1, NULL), "
+        "('B', '2024-07-01 00:30+00', 3.00, NULL, NULL), "
+        "('C', '2024-07-02 12:00+00', -2.25, 2, NULL)",
+    ) as schema:
+        yield schema
 
 
 @pytest.mark.postgres
@@ -371,27 +379,13 @@ def test_changed_customers_are_those_with_dated_rows_since_the_snapshot(tmp_path
 @pytest.fixture()
 def pg_accounts() -> Iterator[str]:
     """Integer customer ids and typed timestamps, as a CRM database has them."""
-    reason = postgres_reason()
-    if reason:
-        pytest.skip(reason)
-    import psycopg
-
-    schema = f"churnseg_scoped_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(PG_URL, autocommit=True) as con:
-        con.execute(f'CREATE SCHEMA "{schema}"')
-        con.execute(
-            f'CREATE TABLE "{schema}".orders (account bigint, ordered_at timestamp, amount float8)'
-        )
-        con.execute(f'CREATE INDEX ON "{schema}".orders (account)')
-        con.execute(
-            f"INSERT INTO \"{schema}\".orders VALUES (1, '2025-12-31 10:00', 5), "
-            "(2, '2026-01-02 09:00', 7), (2, '2025-06-01 00:00', 1), (3, '2026-03-01', 2)"
-        )
-    try:
+    with orders_schema(
+        "churnseg_scoped",
+        "account bigint, ordered_at timestamp, amount float8",
+        "(1, '2025-12-31 10:00', 5), (2, '2026-01-02 09:00', 7), (2, '2025-06-01 00:00', 1), "
+        "(3, '2026-03-01', 2)",
+    ) as schema:
         yield schema
-    finally:
-        with psycopg.connect(PG_URL, autocommit=True) as con:
-            con.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
 @pytest.mark.postgres
