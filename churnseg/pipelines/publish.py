@@ -28,6 +28,7 @@ from churnseg.pipelines.config import PUBLISH_SCHEMES
 from churnseg.pipelines.sinks.base import Progress, Replacement, Retention, Sink
 from churnseg.pipelines.sinks.errors import PublishError, scrub
 from churnseg.pipelines.sinks.schema import (
+    ASSIGNMENT_SCORE_COLUMNS,
     CUSTOMER_ASSIGNMENTS,
     CUSTOMER_SCORES,
     DATA_QUARANTINE,
@@ -431,8 +432,10 @@ def publish_intraday(scores_path: Path, target: PublishTarget) -> int:
             sink.ensure_schema()
             assignments = _assignments_of(sink, target, conformed)
             if len(assignments):
-                fresh = conformed.to_pandas()[["snapshot_date", "customer_id", *_COPIED]]
-                merged = assignments.drop(columns=list(_COPIED)).merge(
+                fresh = conformed.to_pandas()[
+                    ["snapshot_date", "customer_id", *ASSIGNMENT_SCORE_COLUMNS]
+                ]
+                merged = assignments.drop(columns=list(ASSIGNMENT_SCORE_COLUMNS)).merge(
                     fresh, on=["snapshot_date", "customer_id"], how="inner"
                 )
                 batch = pa.RecordBatch.from_pandas(
@@ -443,10 +446,6 @@ def publish_intraday(scores_path: Path, target: PublishTarget) -> int:
                 )
             sink.upsert(rows)
     return conformed.num_rows
-
-
-# The classes an allocation row copies from the customer's score row.
-_COPIED = ("value_tier", "risk_band", "churn_probability", "value_at_risk", "top_reasons")
 
 
 def _assignments_of(sink: Sink, target: PublishTarget, scores: pa.RecordBatch) -> pd.DataFrame:
@@ -473,17 +472,26 @@ def _assignments_of(sink: Sink, target: PublishTarget, scores: pa.RecordBatch) -
 _IDS_PER_QUERY = 500
 
 
+def conformed_rows(spec: TableSpec, rows: list[dict[str, Any]], source: str) -> pa.RecordBatch:
+    """Return row dicts as one batch of ``spec``'s table (absent keys are nulls).
+
+    Raises:
+        PublishError: A value does not fit its column.
+    """
+    batch = pa.RecordBatch.from_pylist(
+        [{name: row.get(name) for name in spec.names} for row in rows]
+    )
+    return conform_batch(batch, spec, source)
+
+
 def append_rows(target: PublishTarget, spec: TableSpec, rows: list[dict[str, Any]]) -> int:
     """Insert rows into ``spec``'s table in one transaction (feedback, audit); return rows.
 
     Raises:
         PublishError: A value does not fit its column, or the database refused the rows.
     """
-    batch = pa.RecordBatch.from_pylist(
-        [{name: row.get(name) for name in spec.names} for row in rows]
-    )
     with database_errors(target, f"writing to table {target.names.table(spec)!r}"):
-        conformed = conform_batch(batch, spec, spec.key)
+        conformed = conformed_rows(spec, rows, spec.key)
         with open_sink(target) as sink:
             sink.ensure_schema()
             sink.upsert([(spec, conformed)])

@@ -428,6 +428,19 @@ def _only_customers(
     return table.filter(_trim_spaces(table[column].cast("string")).isin(list(customers)))
 
 
+def _csv_options(source: SourceConfig, **extra: Any) -> dict[str, Any]:
+    """Return DuckDB's CSV reader options for a source: every field as text, plus ``extra``."""
+    options: dict[str, Any] = {
+        "header": source.header,
+        "all_varchar": True,
+        "encoding": source.encoding,
+        **extra,
+    }
+    if source.delimiter is not None:
+        options["delim"] = source.delimiter
+    return options
+
+
 def _csv_part(
     con: DuckDBBackend,
     name: str,
@@ -443,16 +456,9 @@ def _csv_part(
     are returned with no rejected line: a line the reader could not split has no customer.
     """
     rejects = f"rejects_{name}_{target.stem.replace('-', '_')}"
-    options: dict[str, Any] = {
-        "header": source.header,
-        "all_varchar": True,
-        "encoding": source.encoding,
-        "store_rejects": True,
-        "rejects_table": rejects,
-        "rejects_scan": f"{rejects}_scan",
-    }
-    if source.delimiter is not None:
-        options["delim"] = source.delimiter
+    options = _csv_options(
+        source, store_rejects=True, rejects_table=rejects, rejects_scan=f"{rejects}_scan"
+    )
     try:
         table = con.read_csv(file, **options)
         if ROW in table.columns:
@@ -634,15 +640,8 @@ def _file_relation(con: DuckDBBackend, name: str, source: SourceConfig, config: 
     files = _source_files(name, source, config)
     if source.file_format != "csv":
         return con.read_parquet(files, union_by_name=True)
-    options: dict[str, Any] = {
-        "header": source.header,
-        "all_varchar": True,
-        "encoding": source.encoding,
-        "ignore_errors": True,  # lines the reader cannot split have no customer to find
-    }
-    if source.delimiter is not None:
-        options["delim"] = source.delimiter
-    return con.read_csv(files, **options)
+    # Lines the reader cannot split have no customer to find.
+    return con.read_csv(files, **_csv_options(source, ignore_errors=True))
 
 
 def _changed_in_file(

@@ -45,6 +45,7 @@ from churnseg.pipelines.publish import PublishError, publish_intraday, target_fr
 from churnseg.pipelines.sources import SourceError
 from churnseg.pipelines.stages.intraday import (
     IntradayUnavailableError,
+    PublishedSnapshot,
     Rescorer,
     load_rescorer,
     published_snapshot,
@@ -239,13 +240,13 @@ class RescorerCache:
         """Return the rescorer of the newest snapshot (loading it when it changed)."""
         with self._lock:
             if self._value is None or time.monotonic() - self._checked > self._reload:
-                if self._value is None or self._stale(self._value):
-                    self._value = load_rescorer(self._config, self._target)
+                snapshot = published_snapshot(self._target)
+                if self._value is None or self._stale(self._value, snapshot):
+                    self._value = load_rescorer(self._config, self._target, snapshot)
                 self._checked = time.monotonic()
             return self._value
 
-    def _stale(self, current: Rescorer) -> bool:
-        snapshot = published_snapshot(self._target)
+    def _stale(self, current: Rescorer, snapshot: PublishedSnapshot) -> bool:
         mlflow = self._config.mlflow
         versions = (
             champion_version(mlflow.segmentation_model),

@@ -7,16 +7,15 @@ import threading
 from datetime import UTC, date, datetime
 from typing import Any
 
-import pyarrow as pa
-
 from churnseg.pipelines.publish import (
     PublishTarget,
+    conformed_rows,
     connect_sink,
     database_errors,
     qualified,
 )
 from churnseg.pipelines.sinks.base import Sink
-from churnseg.pipelines.sinks.schema import API_AUDIT, CUSTOMER_FEEDBACK, TableSpec, conform_batch
+from churnseg.pipelines.sinks.schema import API_AUDIT, CUSTOMER_FEEDBACK, TableSpec
 
 
 class Store:
@@ -81,8 +80,7 @@ class Store:
 
     def insert(self, spec: TableSpec, row: dict[str, Any]) -> None:
         """Insert one row into ``spec``'s table (feedback, audit) in one transaction."""
-        batch = pa.RecordBatch.from_pylist([{name: row.get(name) for name in spec.names}])
-        conformed = conform_batch(batch, spec, "api")
+        conformed = conformed_rows(spec, [row], "api")
         self._run(lambda sink: sink.upsert([(spec, conformed)]), f"writing {spec.key}")
 
     def feedback(self, row: dict[str, Any]) -> None:

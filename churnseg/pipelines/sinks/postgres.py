@@ -35,6 +35,7 @@ from churnseg.pipelines.sinks.schema import (
     migration_steps,
     quote,
     schema_version,
+    upsert_statement,
 )
 
 if TYPE_CHECKING:
@@ -210,20 +211,8 @@ class PostgresSink:
         with self._transaction() as cur:
             for spec, batch in rows:
                 table = self.dialect.qualify(self.names.table(spec))
-                columns = ", ".join(quote(c) for c in spec.names)
-                keys = ", ".join(quote(c) for c in spec.primary_key)
-                updates = ", ".join(
-                    f"{quote(c)} = EXCLUDED.{quote(c)}"
-                    for c in spec.names
-                    if c not in spec.primary_key
-                )
-                placeholders = ", ".join(["%s"] * len(spec.names))
                 values = zip(*(batch.column(c).to_pylist() for c in spec.names), strict=True)
-                cur.executemany(
-                    f"INSERT INTO {table} ({columns}) VALUES ({placeholders}) "
-                    f"ON CONFLICT ({keys}) DO UPDATE SET {updates}",
-                    list(values),
-                )
+                cur.executemany(upsert_statement(spec, table, "%s"), list(values))
 
     def query(self, sql: str, params: tuple[Any, ...] = ()) -> tuple[list[Any], list[str]]:
         """Return the rows and column names of a read-only query (``?`` placeholders)."""

@@ -235,6 +235,16 @@ CUSTOMER_ASSIGNMENTS = TableSpec(
     ),
 )
 
+# The customer's classes an allocation row copies from its score row (allocation writes them,
+# an intra-day update refreshes them).
+ASSIGNMENT_SCORE_COLUMNS = (
+    "value_tier",
+    "risk_band",
+    "churn_probability",
+    "value_at_risk",
+    "top_reasons",
+)
+
 OWNER_WORKLOAD = TableSpec(
     key="owner_workload",
     columns=(
@@ -395,6 +405,26 @@ class Step:
     def description(self) -> str:
         """Return what the version introduced."""
         return VERSION_NOTES[self.version]
+
+
+def upsert_statement(spec: TableSpec, table: str, placeholder: str) -> str:
+    """Return the INSERT that replaces rows with the same primary key (SQLite and PostgreSQL).
+
+    Args:
+        spec: The table.
+        table: Its quoted (and qualified) name.
+        placeholder: The driver's parameter marker (``?`` or ``%s``), one per column.
+    """
+    columns = ", ".join(quote(c) for c in spec.names)
+    keys = ", ".join(quote(c) for c in spec.primary_key)
+    updates = ", ".join(
+        f"{quote(c)} = EXCLUDED.{quote(c)}" for c in spec.names if c not in spec.primary_key
+    )
+    markers = ", ".join([placeholder] * len(spec.names))
+    return (
+        f"INSERT INTO {table} ({columns}) VALUES ({markers}) "
+        f"ON CONFLICT ({keys}) DO UPDATE SET {updates}"
+    )
 
 
 def _column_sql(column: Column, dialect: Dialect) -> str:

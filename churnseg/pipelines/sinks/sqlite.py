@@ -34,6 +34,7 @@ from churnseg.pipelines.sinks.schema import (
     migration_steps,
     quote,
     schema_version,
+    upsert_statement,
 )
 
 SQLITE_TYPES = {
@@ -155,19 +156,7 @@ class SqliteSink:
         """Insert every batch, replacing rows with the same primary key, in one transaction."""
         with self._transaction() as con:
             for spec, batch in rows:
-                table = quote(self.names.table(spec))
-                columns = ", ".join(quote(c) for c in spec.names)
-                keys = ", ".join(quote(c) for c in spec.primary_key)
-                updates = ", ".join(
-                    f"{quote(c)} = excluded.{quote(c)}"
-                    for c in spec.names
-                    if c not in spec.primary_key
-                )
-                statement = (
-                    f"INSERT INTO {table} ({columns}) "
-                    f"VALUES ({', '.join('?' * len(spec.names))}) "
-                    f"ON CONFLICT ({keys}) DO UPDATE SET {updates}"
-                )
+                statement = upsert_statement(spec, quote(self.names.table(spec)), "?")
                 con.executemany(statement, _rows(batch, spec))
 
     def query(self, sql: str, params: tuple[Any, ...] = ()) -> tuple[list[Any], list[str]]:

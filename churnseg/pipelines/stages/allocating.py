@@ -28,11 +28,11 @@ from churnseg.models.allocation import (
 )
 from churnseg.pipelines.config import Config
 from churnseg.pipelines.publish import AllocationFiles, PublishTarget, qualified, read_table
+from churnseg.pipelines.sinks.schema import ASSIGNMENT_SCORE_COLUMNS
 from churnseg.pipelines.stages.run_folder import RunPaths
 
 ASSIGNMENTS_FILE = "assignments.parquet"
 WORKLOAD_FILE = "owner_workload.parquet"
-SCORE_COLUMNS = ("value_tier", "risk_band", "churn_probability", "value_at_risk", "top_reasons")
 
 
 class AllocationUnavailableError(RuntimeError):
@@ -180,7 +180,9 @@ def allocation_stage(
             "table 'owners': no clean owners in the run folder; allocation needs sources.owners"
         )
     owners = pd.read_parquet(owners_file)
-    scores = pd.read_parquet(scores_path, columns=["customer_id", "snapshot_date", *SCORE_COLUMNS])
+    scores = pd.read_parquet(
+        scores_path, columns=["customer_id", "snapshot_date", *ASSIGNMENT_SCORE_COLUMNS]
+    )
     snapshot = max(scores["snapshot_date"])
     scores = scores[scores["snapshot_date"] == snapshot].drop(columns="snapshot_date")
     customers = scores.merge(customer_places(config, paths), on="customer_id", how="left")

@@ -24,7 +24,6 @@ from churnseg.features.cleaning import AttributeKind
 from churnseg.features.settings import FeatureConfig
 from churnseg.features.snapshots import CutoffPlan
 from churnseg.models.feedback import corrections_as_overrides
-from churnseg.models.registry import champion_version
 from churnseg.pipelines.config import Config
 from churnseg.pipelines.publish import (
     PublishTarget,
@@ -136,26 +135,29 @@ class Rescorer:
     features: FeatureConfig
 
 
-def load_rescorer(config: Config, target: PublishTarget) -> Rescorer:
-    """Return the rescorer of the newest published snapshot.
+def load_rescorer(
+    config: Config, target: PublishTarget, snapshot: PublishedSnapshot | None = None
+) -> Rescorer:
+    """Return the rescorer of the newest published snapshot (``snapshot``, when read already).
 
     Raises:
         IntradayUnavailableError: No snapshot to update, or the champion models are not the
             ones that scored it (a model was promoted or rolled back since): its thresholds
             belong to other models, so only a full ``churnseg score`` can publish again.
     """
-    snapshot = published_snapshot(target)
-    seg = champion_version(config.mlflow.segmentation_model)
-    churn = champion_version(config.mlflow.churn_model)
+    snapshot = snapshot if snapshot is not None else published_snapshot(target)
+    models = load_champions(config)
     state = snapshot.state
-    if (seg, churn) != (state.segmentation_version, state.churn_version):
+    loaded = (models.segmentation_version, models.churn_version)
+    if loaded != (state.segmentation_version, state.churn_version):
         raise IntradayUnavailableError(
             f"snapshot {snapshot.snapshot_date} was scored with segmentation "
             f"v{state.segmentation_version} and churn v{state.churn_version}; the champions "
-            f"are now v{seg} and v{churn}: run `churnseg score` to publish a full snapshot"
+            f"are now v{loaded[0]} and v{loaded[1]}: run `churnseg score` to publish a full "
+            "snapshot"
         )
     features, _ = champion_levels(config)
-    return Rescorer(snapshot, load_champions(config), features)
+    return Rescorer(snapshot, models, features)
 
 
 def update_as_of(config: Config, as_of: datetime | None = None) -> datetime:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -75,14 +75,7 @@ class PopulationState:
 
     def as_dict(self) -> dict[str, Any]:
         """Return the state as JSON-ready values (exact floats, not rounded)."""
-        return {
-            "tiers": {"a_min": self.tiers.a_min, "b_min": self.tiers.b_min},
-            "risk": {"high_min": self.risk.high_min, "medium_min": self.risk.medium_min},
-            "btyd": self.btyd,
-            "segmentation_version": self.segmentation_version,
-            "churn_version": self.churn_version,
-            "attribute_kinds": self.attribute_kinds,
-        }
+        return asdict(self)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> PopulationState:
@@ -98,6 +91,20 @@ class PopulationState:
 
 
 @dataclass(frozen=True)
+class ChampionModels:
+    """The champion models and what scoring reads with them, loaded once."""
+
+    segmenter: Any
+    classifier: Any
+    segmentation_version: int
+    churn_version: int
+    segment_names: dict[int, str]
+    explainer: Any  # the uncalibrated ranking model: reasons and risk ranking
+    reference: dict[str, Any]
+    reason_features: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class ScoringContext:
     """Everything a scoring run applies to every batch: models, their versions, run facts.
 
@@ -106,11 +113,7 @@ class ScoringContext:
     batch scoring gives the same classes as scoring everyone at once.
     """
 
-    segmenter: Any
-    classifier: Any
-    segmentation_version: int
-    churn_version: int
-    segment_names: dict[int, str]
+    models: ChampionModels
     run_id: str
     scored_at: datetime
     horizon_days: int
@@ -121,9 +124,6 @@ class ScoringContext:
     risk_rank_by: str
     lifecycle: LifecycleRules
     overrides: tuple[Override, ...]
-    explainer: Any  # the uncalibrated ranking model: reasons and risk ranking
-    reference: dict[str, Any]
-    reason_features: tuple[str, ...]
     reasons_top_k: int
     # (calibrated, ranking) P(churn) of each batch of the ranking pass, by its first row, when
     # kept (``keep_scores``): scoring that batch takes them instead of predicting it again.
@@ -200,20 +200,6 @@ def _risk_rule(config: Config) -> tuple[RiskBandRule, str]:
         save_rate=bands.save_rate,
     )
     return rule, "value_at_risk" if bands.mode == "cost" else bands.rank_by
-
-
-@dataclass(frozen=True)
-class ChampionModels:
-    """The champion models and what scoring reads with them, loaded once."""
-
-    segmenter: Any
-    classifier: Any
-    segmentation_version: int
-    churn_version: int
-    segment_names: dict[int, str]
-    explainer: Any
-    reference: dict[str, Any]
-    reason_features: tuple[str, ...]
 
 
 def load_champions(config: Config) -> ChampionModels:
@@ -304,11 +290,7 @@ def scoring_context(
                 }
             )
     return ScoringContext(
-        segmenter=models.segmenter,
-        classifier=models.classifier,
-        segmentation_version=models.segmentation_version,
-        churn_version=models.churn_version,
-        segment_names=models.segment_names,
+        models=models,
         run_id=run_id,
         scored_at=datetime.now(UTC).replace(microsecond=0),
         horizon_days=horizon,
@@ -331,9 +313,6 @@ def scoring_context(
             ),
             *corrections,
         ),
-        explainer=models.explainer,
-        reference=models.reference,
-        reason_features=models.reason_features,
         reasons_top_k=config.churn.reasons_top_k,
         batch_scores=batch_scores,
     )
@@ -394,17 +373,17 @@ def score_batch(
         first_row: The batch's first row in the table: its probabilities are taken from
             ``context.batch_scores`` when the ranking pass kept them (and they fit the batch).
     """
-    segments = context.segmenter.predict(frame)
+    segments = context.models.segmenter.predict(frame)
     # The uncalibrated score is the risk ranking and the attributions' baseline; predicting is
     # most of a scoring run's cost, so both probabilities come from one prediction, made once.
     known = context.batch_scores.pop(first_row, None) if first_row is not None else None
     if known is not None and len(known[0]) == len(frame):
         proba, score = known
     else:
-        proba, score = churn_model.churn_scores(context.classifier, frame)
+        proba, score = churn_model.churn_scores(context.models.classifier, frame)
     value = expected_value(frame, context.horizon_days)
     at_risk = at_risk_mask(frame, context.max_recency_days)
-    names = context.segment_names
+    names = context.models.segment_names
     if context.value_column is not None:
         tier_values = frame[context.value_column].astype("float64").fillna(0.0)
         tiers = assign_tiers(tier_values, context.tiers).to_numpy().astype(object)
@@ -421,12 +400,16 @@ def score_batch(
     classes, _ = apply_overrides(classes, frame, context.overrides)
     ranking = _risk_ranking(frame, proba, np.nan_to_num(value), context.risk_rank_by)
     why = np.full(len(frame), None, dtype=object)
-    if context.reason_features:
+    if context.models.reason_features:
         contributions = reasons.attributions(
-            context.explainer, frame, context.reason_features, context.reference, base=score
+            context.models.explainer,
+            frame,
+            context.models.reason_features,
+            context.models.reference,
+            base=score,
         )
         why = reasons.top_reasons(
-            contributions, frame, context.reference, context.reasons_top_k
+            contributions, frame, context.models.reference, context.reasons_top_k
         ).to_numpy()
     if not at_risk.all():
         why = np.where(at_risk, why, reasons.churned_reasons(frame).to_numpy())
@@ -447,8 +430,8 @@ def score_batch(
             "top_reasons": why,
             "expected_value": value,
             "value_at_risk": value * proba,
-            "segmentation_model_version": context.segmentation_version,
-            "churn_model_version": context.churn_version,
+            "segmentation_model_version": context.models.segmentation_version,
+            "churn_model_version": context.models.churn_version,
             "run_id": context.run_id,
             # ISO text, typed on write: pyarrow warns converting tz-aware pandas columns.
             "scored_at": context.scored_at.isoformat(),
@@ -524,7 +507,7 @@ def score_stage(config: Config, features_path: Path, out_path: Path, run_id: str
 def published_corrections(config: Config) -> tuple[Override, ...]:
     """Return the corrections people recorded in the output database, as override rules.
 
-    Logs how many customers and rules they cover to the active run.
+    Logs how many (customer, class) pairs they correct to the active run.
     """
     from churnseg.pipelines.publish import read_feedback, target_from_config
 
