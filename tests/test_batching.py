@@ -6,7 +6,9 @@ import threading
 
 import pytest
 
+from churnseg.pipelines.api.app import AuditLog
 from churnseg.pipelines.api.batching import Coalescer
+from churnseg.pipelines.publish import PublishError
 
 
 def test_keys_submitted_during_a_run_share_the_next_run() -> None:
@@ -58,3 +60,43 @@ def test_a_worker_lingers_for_more_keys_before_it_starts() -> None:
         future.result(5)
     coalescer.close()
     assert runs == [[1, 2, 3]], "one run, not a run of one and then the rest"
+
+
+class _AuditStore:
+    """Stands in for the API's store: records each audit write, or fails them all."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.writes: list[list[str]] = []
+        self.fail = fail
+        self.first = threading.Event()
+        self.release = threading.Event()
+
+    def audit(self, rows: list[dict[str, object]]) -> None:
+        self.writes.append([str(r["audit_id"]) for r in rows])
+        if len(self.writes) == 1:
+            self.first.set()
+            self.release.wait(5)
+        if self.fail:
+            raise PublishError("table 'api_audit': database is locked")
+
+
+def test_audit_rows_that_arrive_during_a_write_share_the_next_transaction() -> None:
+    store = _AuditStore()
+    log = AuditLog(store)  # type: ignore[arg-type]
+    first = log.write({"audit_id": "r0"})
+    assert store.first.wait(5)
+    rest = [log.write({"audit_id": f"r{i}"}) for i in range(1, 33)]
+    store.release.set()
+    for future in [first, *rest]:
+        assert future.result(5) is None
+    assert store.writes == [["r0"], [f"r{i}" for i in range(1, 33)]]
+
+
+def test_a_failed_audit_write_reaches_every_request_in_it() -> None:
+    store = _AuditStore(fail=True)
+    log = AuditLog(store)  # type: ignore[arg-type]
+    store.release.set()
+    futures = [log.write({"audit_id": f"r{i}"}) for i in range(5)]
+    for future in futures:
+        with pytest.raises(PublishError, match="api_audit"):
+            future.result(5)

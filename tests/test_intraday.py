@@ -11,10 +11,12 @@ import pytest
 import yaml
 
 from churnseg.pipelines.config import load_config
+from churnseg.pipelines.keyed_files import KeyedSources
 from churnseg.pipelines.publish import append_rows, target_from_config
 from churnseg.pipelines.sinks.schema import CUSTOMER_FEEDBACK
 from churnseg.pipelines.stages import RunPaths, configure_mlflow
 from churnseg.pipelines.stages.intraday import load_rescorer, rescore_stage
+from churnseg.pipelines.stages.run_folder import CLEAN_ORDER
 from tests.conftest import copy_state
 
 
@@ -138,6 +140,30 @@ def test_an_update_equals_a_full_build_of_every_customer_at_the_same_moment(
         assert published[column].to_numpy() == pytest.approx(
             reference[column].to_numpy(), rel=1e-12, nan_ok=True
         ), column
+
+
+def test_a_rescore_through_keyed_copies_equals_one_that_filters_the_files(
+    updated: tuple[Path, dict[str, object], set[str], datetime, pd.DataFrame],
+) -> None:
+    path, _, changed, as_of, _ = updated
+    config = load_config(str(path))
+    configure_mlflow(config)
+    target = target_from_config(config)
+    rescorer = load_rescorer(config, target)
+    data = path.parent / "data"
+    transactions = pd.read_parquet(data / "transactions.parquet")
+    # Customers with a quarantined row (a NaN amount, a duplicate) besides the changed ones.
+    dirty = transactions[transactions["amount"].isna() | transactions.duplicated(keep=False)]
+    customers = sorted(changed | set(dirty["customer_id"].dropna().head(20)))
+    keyed = KeyedSources(config, CLEAN_ORDER)
+    scored = {}
+    for kind, via in (("scan", None), ("keyed", keyed)):
+        paths = RunPaths(config.state_dir / "runs" / f"rescore-{kind}")
+        out = rescore_stage(config, target, rescorer, customers, as_of, paths, kind, via)
+        assert out is not None
+        scored[kind] = pd.read_parquet(out).drop(columns=["run_id", "scored_at"])
+    assert len(scored["keyed"]) == len(customers)
+    pd.testing.assert_frame_equal(scored["keyed"], scored["scan"])
 
 
 def test_the_update_refreshes_the_classes_copied_into_the_allocation(

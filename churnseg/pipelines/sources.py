@@ -32,6 +32,7 @@ import ibis.expr.datatypes as dt
 import ibis.expr.types as ir
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import sqlalchemy as sa
 from ibis.backends import BaseBackend
@@ -537,11 +538,25 @@ def _file_parts(
         if source.file_format == "csv":
             rows, bad = _csv_part(con, name, file, source, offset, target, customers)
             rejected.append(bad)
+            if customers is not None:  # the lines before the last one copied
+                rows = next_offset(pq.read_table(target, columns=[ROW]).column(ROW), offset)
         else:
-            rows = _parquet_part(con, name, file, offset, target, source, customers)
+            _parquet_part(con, name, file, offset, target, source, customers)
+            rows = int(pq.ParquetFile(file).metadata.num_rows)
         offset += rows
     empty = _no_rejects()
     return pa.concat_tables([empty, *(t.cast(empty.schema) for t in rejected)])
+
+
+def next_offset(rows: pa.ChunkedArray | pa.Array, offset: int) -> int:
+    """Return how far the next file's ``_row`` starts after a scoped CSV part's positions.
+
+    A scoped copy of a CSV file does not count its lines; the next file's rows only need to
+    come after every row copied from it, so "latest row wins" rules order them as a full
+    extract does (Parquet files are counted exactly from their metadata).
+    """
+    highest = pc.max(rows).as_py()
+    return 0 if highest is None else int(highest) + 1 - offset
 
 
 def _no_rejects() -> pa.Table:

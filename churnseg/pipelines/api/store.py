@@ -78,18 +78,18 @@ class Store:
         value = rows[0][0] if rows else None
         return date.fromisoformat(str(value)[:10]) if value is not None else None
 
-    def insert(self, spec: TableSpec, row: dict[str, Any]) -> None:
-        """Insert one row into ``spec``'s table (feedback, audit) in one transaction."""
-        conformed = conformed_rows(spec, [row], "api")
+    def insert(self, spec: TableSpec, rows: list[dict[str, Any]]) -> None:
+        """Insert rows into ``spec``'s table (feedback, audit) in one transaction."""
+        conformed = conformed_rows(spec, rows, "api")
         self._run(lambda sink: sink.upsert([(spec, conformed)]), f"writing {spec.key}")
 
     def feedback(self, row: dict[str, Any]) -> None:
         """Store one feedback message."""
-        self.insert(CUSTOMER_FEEDBACK, row)
+        self.insert(CUSTOMER_FEEDBACK, [row])
 
-    def audit(self, row: dict[str, Any]) -> None:
-        """Store one audit row."""
-        self.insert(API_AUDIT, row)
+    def audit(self, rows: list[dict[str, Any]]) -> None:
+        """Store audit rows, in one transaction."""
+        self.insert(API_AUDIT, rows)
 
 
 def now_utc() -> datetime:

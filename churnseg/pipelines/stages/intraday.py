@@ -25,6 +25,7 @@ from churnseg.features.settings import FeatureConfig
 from churnseg.features.snapshots import CutoffPlan
 from churnseg.models.feedback import corrections_as_overrides
 from churnseg.pipelines.config import Config
+from churnseg.pipelines.keyed_files import KeyedSources
 from churnseg.pipelines.publish import (
     PublishTarget,
     qualified,
@@ -181,6 +182,7 @@ def rescore_stage(
     as_of: datetime,
     paths: RunPaths,
     run_id: str,
+    keyed: KeyedSources | None = None,
 ) -> Path | None:
     """Re-score ``customer_ids`` as of ``as_of`` into ``paths.scores``; None when none is known.
 
@@ -188,6 +190,8 @@ def rescore_stage(
     snapshot's BTYD fit and attribute kinds, scored with its thresholds, and the newest
     corrections people recorded for them are applied. Rows carry the snapshot's date.
     ``customer_ids`` None re-scores everyone the same way: the full build an update must equal.
+    ``keyed``: read file sources through their customer-ordered copies (the API's), not by
+    filtering every row.
     """
     state = rescorer.snapshot.state
     # The feature tables only: allocation's tables are not re-read by an update.
@@ -195,7 +199,11 @@ def rescore_stage(
         update={"sources": {t: s for t, s in config.sources.items() if t in CLEAN_ORDER}}
     )
     shutil.rmtree(paths.root, ignore_errors=True)
-    if sum(extract_sources(narrow, paths.raw, customer_ids).values()) == 0:
+    if keyed is not None and customer_ids is not None:
+        extracted = keyed.extract(paths.raw, customer_ids)
+    else:
+        extracted = extract_sources(narrow, paths.raw, customer_ids)
+    if sum(extracted.values()) == 0:
         return None
     kinds = cast(dict[str, AttributeKind], state.attribute_kinds)  # as the full run wrote them
     clean_stage(narrow, paths, scoped=True, attribute_kinds=kinds)
