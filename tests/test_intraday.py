@@ -17,6 +17,7 @@ from churnseg.pipelines.sinks.schema import CUSTOMER_FEEDBACK
 from churnseg.pipelines.stages import RunPaths, configure_mlflow
 from churnseg.pipelines.stages.intraday import load_rescorer, rescore_stage
 from churnseg.pipelines.stages.run_folder import CLEAN_ORDER
+from churnseg.pipelines.warm_engine import connect_warm
 from tests.conftest import copy_state
 
 
@@ -142,9 +143,11 @@ def test_an_update_equals_a_full_build_of_every_customer_at_the_same_moment(
         ), column
 
 
-def test_a_rescore_through_keyed_copies_equals_one_that_filters_the_files(
+def test_the_api_s_fast_paths_give_the_scores_a_plain_rescore_gives(
     updated: tuple[Path, dict[str, object], set[str], datetime, pd.DataFrame],
 ) -> None:
+    """Keyed copies of the sources and a warm connection (queries compiled once, the scoring
+    query filled in with each cutoff) change nothing in what is published, run after run."""
     path, _, changed, as_of, _ = updated
     config = load_config(str(path))
     configure_mlflow(config)
@@ -156,14 +159,22 @@ def test_a_rescore_through_keyed_copies_equals_one_that_filters_the_files(
     dirty = transactions[transactions["amount"].isna() | transactions.duplicated(keep=False)]
     customers = sorted(changed | set(dirty["customer_id"].dropna().head(20)))
     keyed = KeyedSources(config, CLEAN_ORDER)
-    scored = {}
-    for kind, via in (("scan", None), ("keyed", keyed)):
+    warm = connect_warm(config.engine)
+
+    def rescore(kind: str, moment: datetime, **fast: object) -> pd.DataFrame:
         paths = RunPaths(config.state_dir / "runs" / f"rescore-{kind}")
-        out = rescore_stage(config, target, rescorer, customers, as_of, paths, kind, via)
+        out = rescore_stage(config, target, rescorer, customers, moment, paths, kind, **fast)  # type: ignore[arg-type]
         assert out is not None
-        scored[kind] = pd.read_parquet(out).drop(columns=["run_id", "scored_at"])
-    assert len(scored["keyed"]) == len(customers)
-    pd.testing.assert_frame_equal(scored["keyed"], scored["scan"])
+        return pd.read_parquet(out).drop(columns=["run_id", "scored_at"])
+
+    # Three moments: the second and third fill the warm connection's scoring template.
+    for moment in (as_of, as_of + timedelta(hours=5, seconds=17), as_of + timedelta(days=40)):
+        plain = rescore("plain", moment)
+        assert len(plain) == len(customers)
+        pd.testing.assert_frame_equal(rescore("keyed", moment, keyed=keyed), plain)
+        pd.testing.assert_frame_equal(rescore("warm", moment, keyed=keyed, con=warm), plain)
+    assert any(sql is not None for sql, _ in warm._templates.values()), "a template was used"
+    warm.disconnect()
 
 
 def test_the_update_refreshes_the_classes_copied_into_the_allocation(

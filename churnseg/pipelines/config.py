@@ -799,7 +799,7 @@ class ApiConfig(_Strict):
         description="Most rescore requests computed together (those that arrived meanwhile).",
     )
     rescore_linger_seconds: float = Field(
-        0.25,
+        0.05,
         ge=0.0,
         le=5.0,
         description="How long a rescore run waits for more requests before it starts.",

@@ -76,13 +76,18 @@ def connect_engine(engine: EngineConfig | None = None) -> DuckDBBackend:
             a temporary folder. Default: DuckDB's own limit (80% of the machine's memory).
     """
     con = ibis.duckdb.connect()
+    configure_duckdb(con, engine)
+    return con
+
+
+def configure_duckdb(con: DuckDBBackend, engine: EngineConfig | None = None) -> None:
+    """Set a new DuckDB connection up: UTC session, ``engine``'s memory limit and spill folder."""
     # Timestamps are naive UTC everywhere; casts from zoned values must not use the host zone.
     con.raw_sql("SET TimeZone = 'UTC'")
     if engine is not None and engine.duckdb_memory_limit is not None:
         spill = Path(tempfile.gettempdir()) / "churnseg-duckdb-spill"
         con.raw_sql(f"SET memory_limit = '{engine.duckdb_memory_limit}'")
         con.raw_sql(f"SET temp_directory = '{spill}'")
-    return con
 
 
 class EngineError(ConfigError):
@@ -136,13 +141,12 @@ def _copy_cast(files: list[Path], target: Path, schema: pa.Schema) -> None:
                 writer.write_batch(pa.RecordBatch.from_arrays(columns, schema=schema))
 
 
-def declared_schema(expr: ir.Table, written: pa.Schema) -> pa.Schema:
-    """Return ``written`` (a file's schema) with the column types ``expr`` declares in Ibis.
+def declared_schema(declared: pa.Schema, written: pa.Schema) -> pa.Schema:
+    """Return ``written`` (a file's schema) with the column types a query declares in Ibis.
 
     Engines widen some types on write: DuckDB sums integers into HUGEINT and stores that as
     DOUBLE, Spark keeps BIGINT. The declared types are the contract both are brought to.
     """
-    declared = expr.schema().to_pyarrow()
     return pa.schema([written.field(f.name).with_type(f.type) for f in declared])
 
 
@@ -182,14 +186,7 @@ class FeatureEngine:
         so DuckDB and Spark write the same file.
         """
         if self._session is None:
-            self.con.to_parquet(expr, path)
-            written = pq.read_schema(path)
-            schema = declared_schema(expr, written)
-            if schema != written:
-                wide = path.with_name(path.name + ".wide")
-                path.replace(wide)
-                _copy_cast([wide], path, schema)
-                wide.unlink()
+            self.write_sql(self.con.compile(expr), expr.schema().to_pyarrow(), path)
             return
         parts = path.with_name(path.name + ".parts")
         shutil.rmtree(parts, ignore_errors=True)
@@ -201,6 +198,18 @@ class FeatureEngine:
             _copy_cast(files, path, nullable)
         finally:
             shutil.rmtree(parts, ignore_errors=True)
+
+    def write_sql(self, sql: str, declared: pa.Schema, path: Path) -> None:
+        """Run DuckDB ``sql`` into the Parquet file ``path``, typed as ``declared``."""
+        with self.con._safe_raw_sql(f"COPY ({sql}) TO {str(path)!r} (FORMAT 'parquet')"):
+            pass
+        written = pq.read_schema(path)
+        schema = declared_schema(declared, written)
+        if schema != written:
+            wide = path.with_name(path.name + ".wide")
+            path.replace(wide)
+            _copy_cast([wide], path, schema)
+            wide.unlink()
 
     def close(self) -> None:
         """Drop the Spark views this engine registered, or close the DuckDB connection."""

@@ -15,11 +15,14 @@ Every ``POST`` is written to ``api_audit``, accepted or not. Errors are one JSON
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import logging
 import shutil
 import threading
 import time
 import uuid
+from collections.abc import AsyncIterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime
@@ -54,6 +57,7 @@ from churnseg.pipelines.stages.intraday import (
     rescore_stage,
 )
 from churnseg.pipelines.stages.run_folder import CLEAN_ORDER, RunPaths
+from churnseg.pipelines.warm_engine import WarmConnections
 
 log = logging.getLogger("churnseg.api")
 CustomerId = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[^\s/]+$")]
@@ -170,6 +174,10 @@ class AuditLog:
             self._rows[row["audit_id"]] = row
         return self._writes.submit(row["audit_id"])
 
+    def close(self) -> None:
+        """Write the rows still waiting, then stop the writer."""
+        self._writes.close()
+
     def _write(self, audit_ids: list[str]) -> None:
         with self._lock:
             rows = [self._rows.pop(i) for i in audit_ids]
@@ -264,6 +272,7 @@ class RescorerCache:
         self._lock = threading.Lock()
         self._value: Rescorer | None = None
         self._checked = 0.0
+        self._settled = False
 
     def get(self) -> Rescorer:
         """Return the rescorer of the newest snapshot (loading it when it changed)."""
@@ -271,9 +280,34 @@ class RescorerCache:
             if self._value is None or time.monotonic() - self._checked > self._reload:
                 snapshot = published_snapshot(self._target)
                 if self._value is None or self._stale(self._value, snapshot):
+                    gc.unfreeze()  # the models being replaced may be collected again
                     self._value = load_rescorer(self._config, self._target, snapshot)
+                    self._settled = False
                 self._checked = time.monotonic()
             return self._value
+
+    def settle(self) -> None:
+        """After the first run with a newly loaded rescorer, hide what it holds from the GC.
+
+        The models, the modules and the warm connection's compiled queries stay alive for as
+        long as the rescorer does; a full collection walking them took 0.27 s of one rescore
+        in ten. ``gc.freeze`` moves every object alive now out of the collector's sight.
+        """
+        with self._lock:
+            if not self._settled:
+                gc.collect()
+                gc.freeze()
+                self._settled = True
+
+    def release(self) -> None:
+        """Let the collector see the settled objects again (the service stops).
+
+        Frozen objects are not collected when Python exits, and DuckDB's bindings then
+        report the ones they made as leaked.
+        """
+        with self._lock:
+            gc.unfreeze()
+            self._settled = False
 
     def _stale(self, current: Rescorer, snapshot: PublishedSnapshot) -> bool:
         mlflow = self._config.mlflow
@@ -329,6 +363,7 @@ def create_app(config: Config) -> FastAPI:
     store = Store(target_from_config(config))
     rescorers = RescorerCache(config, config.api.reload_seconds)
     keyed = KeyedSources(config, CLEAN_ORDER) if config.api.keyed_sources else None
+    warm = WarmConnections(config.engine)
     if keyed is not None:  # the first rescore should not wait for the copies
         threading.Thread(target=_warm, args=(keyed,), name="keyed-sources", daemon=True).start()
 
@@ -340,13 +375,26 @@ def create_app(config: Config) -> FastAPI:
         try:
             rescorer = rescorers.get()
             moment = now_utc().replace(tzinfo=None)
-            scores = rescore_stage(
-                config, store.target, rescorer, customer_ids, moment, paths, run_id, keyed
-            )
+            try:
+                scores = rescore_stage(
+                    config,
+                    store.target,
+                    rescorer,
+                    customer_ids,
+                    moment,
+                    paths,
+                    run_id,
+                    keyed,
+                    warm.get(),
+                )
+            except BaseException:
+                warm.discard()  # its views may point into this run's deleted folder
+                raise
             scored: list[str] = []
             if scores is not None:
                 scored = pq.read_table(scores, columns=["customer_id"]).column(0).to_pylist()
                 publish_intraday(scores, store.target)
+            rescorers.settle()
             seconds = time.perf_counter() - started
             return RescoreBatch(run_id, frozenset(scored), len(customer_ids), seconds)
         finally:
@@ -358,13 +406,25 @@ def create_app(config: Config) -> FastAPI:
         config.api.rescore_batch,
         config.api.rescore_linger_seconds,
     )
+    audit = AuditLog(store)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        # Runs finish first: the warm connections must be idle when they are closed.
+        await run_in_threadpool(rescores.close)
+        await run_in_threadpool(audit.close)
+        warm.close()
+        rescorers.release()
+
     app = FastAPI(
+        lifespan=lifespan,
         title="churnseg",
         summary="Customer segments, value tiers, lifecycle stages and churn risk, one at a time.",
         version=str(store.schema_version),
     )
     app.state.tokens = tokens
-    app.add_middleware(AuditMiddleware, audit=AuditLog(store))
+    app.add_middleware(AuditMiddleware, audit=audit)
 
     def require(who: Principal, scope: str) -> None:
         if not who.may(scope):

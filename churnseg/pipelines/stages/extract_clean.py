@@ -150,6 +150,7 @@ def clean_stage(
     paths: RunPaths,
     scoped: bool = False,
     attribute_kinds: dict[str, AttributeKind] | None = None,
+    con: DuckDBBackend | None = None,
 ) -> dict[str, TableQuality]:
     """Conform, validate and clean every extracted table; write clean and quarantine files.
 
@@ -165,6 +166,8 @@ def clean_stage(
     ``attribute_kinds`` then gives the customer attributes' kinds the full run inferred; every
     run writes the kinds it used to ``clean/attributes.json``.
 
+    ``con``: run on this DuckDB connection (the API's warm one) instead of a new one.
+
     Raises:
         DataContractError: A table lacks a required column, has no rows, or a required column
             is null or unconvertible everywhere.
@@ -173,7 +176,7 @@ def clean_stage(
     paths.clean.mkdir(parents=True, exist_ok=True)
     paths.quarantine.mkdir(parents=True, exist_ok=True)
     rules = _cleaning_rules(config)
-    con = connect_engine(config.engine)
+    con = con if con is not None else connect_engine(config.engine)
     active = mlflow.active_run()
     run_id = active.info.run_id if active is not None else None
     counts: dict[str, tuple[int, dict[str, int]]] = {}
@@ -274,7 +277,7 @@ def _write_seen(con: DuckDBBackend, parts: list[Path], config: Config, paths: Ru
         return
     seen = ibis.union(*(con.read_parquet(p) for p in parts), distinct=False)
     seen = seen.group_by("customer_id").aggregate(first_ts=seen.first_ts.min())
-    _, last = activity_range(config, paths)
+    _, last = activity_range(config, paths, con)
     if last is not None:
         fallback = datetime.combine(last, datetime.min.time())
         seen = seen.mutate(first_ts=seen.first_ts.fill_null(ibis.literal(fallback)))
@@ -377,7 +380,9 @@ ACTIVITY_COLUMNS = {
 CUSTOMER_DATES = ("signup_date", "churn_date")
 
 
-def activity_range(config: Config, paths: RunPaths) -> tuple[date | None, date | None]:
+def activity_range(
+    config: Config, paths: RunPaths, con: DuckDBBackend | None = None
+) -> tuple[date | None, date | None]:
     """Return the first and last day of activity in the clean tables (None: no dates at all).
 
     Activity is a transaction, an event, or a subscription start or end; a customers table
@@ -388,7 +393,8 @@ def activity_range(config: Config, paths: RunPaths) -> tuple[date | None, date |
     if not tables and (paths.clean / "customers.parquet").exists():
         tables = {"customers": CUSTOMER_DATES}
     now = _cleaning_rules(config).now
-    con = connect_engine(config.engine)
+    own = con is None
+    con = connect_engine(config.engine) if con is None else con
     firsts, lasts = [], []
     try:
         for name, columns in tables.items():
@@ -403,7 +409,8 @@ def activity_range(config: Config, paths: RunPaths) -> tuple[date | None, date |
                 firsts.append(row["first"].iloc[0])
                 lasts.append(row["last"].iloc[0])
     finally:
-        con.disconnect()
+        if own:
+            con.disconnect()
     first = [pd.Timestamp(v).date() for v in firsts if v is not None and not pd.isna(v)]
     last = [pd.Timestamp(v).date() for v in lasts if v is not None and not pd.isna(v)]
     return (min(first) if first else None), (max(last) if last else None)

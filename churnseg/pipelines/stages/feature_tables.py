@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from churnseg.features.snapshots import (
     scoring_snapshot,
     training_snapshots,
 )
+from churnseg.features.timeutil import cutoff_datetime
 from churnseg.models.registry import (
     find_champion,
 )
@@ -47,6 +49,7 @@ from churnseg.pipelines.sources import (
 )
 from churnseg.pipelines.stages.extract_clean import ATTRIBUTES_FILE, SEEN_FILE
 from churnseg.pipelines.stages.run_folder import CLEAN_ORDER, RunPaths
+from churnseg.pipelines.warm_engine import WarmDuckDB
 
 
 def unified_schema(schemas: list[pa.Schema]) -> pa.Schema:
@@ -271,6 +274,7 @@ def feature_stage(
     only: tuple[str, ...] = FEATURE_TABLES,
     btyd_fixed: dict[str, float] | None = None,
     features: FeatureConfig | None = None,
+    engine: FeatureEngine | None = None,
 ) -> dict[str, int]:
     """Write training, validation and scoring feature tables; return their row counts.
 
@@ -294,6 +298,8 @@ def feature_stage(
             update: the published snapshot's fit).
         features: Feature settings with every level list resolved (``champion_levels``), to
             skip the registry lookup (the API resolves them once).
+        engine: Build on this engine and leave it open (the API's warm DuckDB connection,
+            whose scoring query is a template filled with each cutoff).
 
     Metrics and parameters go to the active MLflow run, when there is one.
     """
@@ -308,11 +314,13 @@ def feature_stage(
     counts = {}
     params: dict[str, float] = {}
     skipped: list[str] = []
-    with (
-        connect_feature_engine(config.engine) as engine,
-        # The BTYD join and the final files run on embedded DuckDB whatever the engine.
-        FeatureEngine(connect_engine(config.engine)) as local,
-    ):
+    with contextlib.ExitStack() as opened:
+        if engine is None:
+            engine = opened.enter_context(connect_feature_engine(config.engine))
+            # The BTYD join and the final files run on embedded DuckDB whatever the engine.
+            local = opened.enter_context(FeatureEngine(connect_engine(config.engine)))
+        else:
+            local = engine
         tables = {
             name: engine.read_parquet(paths.clean / f"{name}.parquet")
             for name in CLEAN_ORDER
@@ -323,7 +331,8 @@ def feature_stage(
         settings = resolve_levels(tables, plan.scoring, features)
         h = plan.horizon_days
         # Snapshots, oldest first; each is one query, so a build holds one snapshot's state.
-        builders: dict[str, Callable[[], list[tuple[date, ir.Table]]]] = {
+        warm = engine.con if isinstance(engine.con, WarmDuckDB) else None
+        builders: dict[str, Callable[[], Sequence[tuple[date, ir.Table | None]]]] = {
             "train": lambda: list(
                 zip(
                     sorted(plan.training),
@@ -334,8 +343,12 @@ def feature_stage(
             "validation": lambda: [
                 (plan.validation, labelled_snapshot(tables, plan.validation, settings, h, seen))
             ],
+            # On a warm connection the scoring query is filled in from its template below.
             "scoring": lambda: [
-                (plan.scoring, scoring_snapshot(tables, plan.scoring, settings, h, seen))
+                (
+                    plan.scoring,
+                    None if warm else scoring_snapshot(tables, plan.scoring, settings, h, seen),
+                )
             ],
         }
         if plan.split == "customers":  # one labelled snapshot, split by customer below
@@ -346,8 +359,18 @@ def feature_stage(
             staged = []
             for i, (cutoff, expr) in enumerate(snapshots):
                 path = paths.features / f"{name}.staged{i}.parquet"
-                # Sorted as the final file is, so the BTYD columns stream in without a join.
-                engine.write_parquet(expr.order_by("customer_id"), path)
+                if expr is not None:
+                    # Sorted as the final file is, so the BTYD columns stream in without a join.
+                    engine.write_parquet(expr.order_by("customer_id"), path)
+                elif warm is not None:
+                    sql, declared = warm.cutoff_query(
+                        _scoring_key(tables, seen, settings, h),
+                        lambda at: scoring_snapshot(tables, at, settings, h, seen).order_by(
+                            "customer_id"
+                        ),
+                        cutoff_datetime(cutoff),
+                    )
+                    engine.write_sql(sql, declared, path)
                 if pq.ParquetFile(path).metadata.num_rows == 0:
                     path.unlink()
                     skipped.append(f"{name} snapshot {cutoff}: no customer at risk, left out")
@@ -377,6 +400,14 @@ def feature_stage(
             config, plan, settings, levels_from, counts, params, [*plan.notes, *skipped]
         )
     return counts
+
+
+def _scoring_key(
+    tables: Mapping[str, ir.Table], seen: ir.Table | None, settings: FeatureConfig, horizon: int
+) -> tuple[object, ...]:
+    """Return what a scoring query depends on besides its cutoff (``WarmDuckDB.cutoff_query``)."""
+    inputs = tuple((name, table.op()) for name, table in tables.items())
+    return inputs, seen.op() if seen is not None else None, settings.model_dump_json(), horizon
 
 
 def _log_feature_build(

@@ -33,6 +33,7 @@ from churnseg.pipelines.publish import (
     read_table,
 )
 from churnseg.pipelines.sources import (
+    FeatureEngine,
     customers_changed_since,
     extract_sources,
     source_customer_ids,
@@ -50,6 +51,7 @@ from churnseg.pipelines.stages.scoring import (
     score_batches_to_file,
     scoring_context,
 )
+from churnseg.pipelines.warm_engine import WarmDuckDB
 
 
 class IntradayUnavailableError(RuntimeError):
@@ -183,6 +185,7 @@ def rescore_stage(
     paths: RunPaths,
     run_id: str,
     keyed: KeyedSources | None = None,
+    con: WarmDuckDB | None = None,
 ) -> Path | None:
     """Re-score ``customer_ids`` as of ``as_of`` into ``paths.scores``; None when none is known.
 
@@ -191,12 +194,21 @@ def rescore_stage(
     corrections people recorded for them are applied. Rows carry the snapshot's date.
     ``customer_ids`` None re-scores everyone the same way: the full build an update must equal.
     ``keyed``: read file sources through their customer-ordered copies (the API's), not by
-    filtering every row.
+    filtering every row; ``con``: clean and build features on this warm connection, which
+    compiles each query once (the API's, one per thread).
     """
     state = rescorer.snapshot.state
-    # The feature tables only: allocation's tables are not re-read by an update.
+    # The feature tables only: allocation's tables are not re-read by an update. Cleaning's
+    # clock is today's end, not the second: rows later today are not future rows (features
+    # read nothing at or after ``as_of`` anyway), and its queries stay the same all day.
+    cleaning = config.cleaning.model_copy(
+        update={"now": config.cleaning.now or datetime.now(UTC).date()}
+    )
     narrow = config.model_copy(
-        update={"sources": {t: s for t, s in config.sources.items() if t in CLEAN_ORDER}}
+        update={
+            "sources": {t: s for t, s in config.sources.items() if t in CLEAN_ORDER},
+            "cleaning": cleaning,
+        }
     )
     shutil.rmtree(paths.root, ignore_errors=True)
     if keyed is not None and customer_ids is not None:
@@ -206,7 +218,7 @@ def rescore_stage(
     if sum(extracted.values()) == 0:
         return None
     kinds = cast(dict[str, AttributeKind], state.attribute_kinds)  # as the full run wrote them
-    clean_stage(narrow, paths, scoped=True, attribute_kinds=kinds)
+    clean_stage(narrow, paths, scoped=True, attribute_kinds=kinds, con=con)
     if not _any_rows(paths.clean):
         return None  # every row quarantined and no date to place the customer at
     plan = CutoffPlan(as_of, as_of, (), config.snapshots.horizon_days)
@@ -217,6 +229,7 @@ def rescore_stage(
         only=("scoring",),
         btyd_fixed=state.btyd,
         features=rescorer.features,
+        engine=FeatureEngine(con) if con is not None else None,
     )
     features_path = paths.features / "scoring.parquet"
     features = pq.ParquetFile(features_path)
