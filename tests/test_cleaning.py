@@ -329,6 +329,27 @@ def test_attribute_kinds_are_inferred_and_applied() -> None:
     assert out.zip.iloc[0] == "01000" and out.vip.tolist()[:2] == [True, False]
 
 
+def test_an_update_reads_booleans_as_the_full_run_did_not_from_its_few_rows() -> None:
+    # The full data: "newsletter" also says "unknown", so it is text; "vip" spells booleans.
+    full = pd.DataFrame(
+        {
+            "customer_id": ["C1", "C2", "C3"],
+            "newsletter": ["yes", "no", "unknown"],
+            "vip": ["yes", "no", "no"],
+        }
+    )
+    kinds: dict[str, c.AttributeKind] = {"newsletter": "categorical", "vip": "categorical"}
+    found = c.infer_attributes(customers_table(full), kinds, exclude=set())
+    assert found.boolean_text == {"vip"}
+    # An update of C1 alone sees "yes" in both columns.
+    one = customers_table(full.iloc[:1])
+    assert c.infer_attributes(one, kinds, exclude=set()).boolean_text == {"newsletter", "vip"}
+    again = c.infer_attributes(one, kinds, exclude=set(), boolean_text=found.boolean_text)
+    assert again.boolean_text == {"vip"}
+    kept = c.clean_customers(one, options=c.CustomerOptions(attributes=again)).clean.execute()
+    assert kept[["newsletter", "vip"]].values.tolist() == [["yes", True]]
+
+
 def test_stub_customers_cover_ids_only_other_tables_know() -> None:
     con = ibis.duckdb.connect()
     customers = con.create_table(

@@ -424,6 +424,7 @@ def infer_attributes(
     exclude: set[str],
     numeric_min_distinct: int = 20,
     options: ReadOptions | None = None,
+    boolean_text: frozenset[str] | None = None,
 ) -> Attributes:
     """Return numeric, categorical, date or ignore for every attribute column of customers.
 
@@ -437,6 +438,8 @@ def infer_attributes(
     ``ID_LIKE_MIN_ROWS`` rows: ids, e-mails, names) is ignored; the rest is categorical.
     Categorical text whose every value spells a boolean (true/false, yes/no, t/f, y/n) is
     marked so cleaning can make it a boolean, as a Parquet or database source would have it.
+    ``boolean_text`` gives those columns instead (what a full run found): a few customers'
+    rows (an intra-day update) may spell only yes and no in a column that holds other values.
     """
     options = options or ReadOptions()
     skip = set(CONTRACTS["customers"].columns) | exclude | {ROW}
@@ -459,6 +462,11 @@ def infer_attributes(
             integers.append(col)
         elif ctype.is_numeric():
             kinds[col] = "numeric"
+    if boolean_text is not None and not integers and all(col in kinds for col in text):
+        # Nothing left to learn from the rows (an update with the full run's findings).
+        ordered = {col: kinds[col] for col in customers.columns if col in kinds}
+        found = {c for c in boolean_text if ordered.get(c) == "categorical" and c in text}
+        return Attributes(kinds=ordered, boolean_text=frozenset(found))
     aggs: dict[str, ir.Scalar] = {"rows": customers.count()}
     for i, col in enumerate(integers):
         aggs[f"int_distinct{i}"] = customers[col].nunique()
@@ -470,7 +478,7 @@ def infer_attributes(
         aggs[f"distinct{i}"] = value.nunique()
         aggs[f"bool{i}"] = value.lower().isin(_BOOLEAN_TEXT).fill_null(False).sum()
         aggs[f"date{i}"] = parse_timestamp(value, options).count()
-    boolean_text: set[str] = set()
+    found_boolean: set[str] = set()
     stats = customers.aggregate(**aggs).execute().iloc[0]
     rows = int(stats["rows"])
 
@@ -497,10 +505,13 @@ def infer_attributes(
             kinds[col] = "ignore"
         else:
             kinds[col] = "categorical"
-        if kinds[col] == "categorical" and n > 0 and int(stats[f"bool{i}"] or 0) == n:
-            boolean_text.add(col)
+        spelled = n > 0 and int(stats[f"bool{i}"] or 0) == n
+        if kinds[col] == "categorical" and (
+            spelled if boolean_text is None else col in boolean_text
+        ):
+            found_boolean.add(col)
     ordered = {col: kinds[col] for col in customers.columns if col in kinds}
-    return Attributes(kinds=ordered, boolean_text=frozenset(boolean_text))
+    return Attributes(kinds=ordered, boolean_text=frozenset(found_boolean))
 
 
 def _categorical_text(value: ir.Value, boolean: bool, rules: CleaningRules) -> ir.Value:

@@ -28,6 +28,7 @@ from churnseg.features.cleaning import (
     SEEN_AT,
     UNKNOWN_CUSTOMER,
     AttributeKind,
+    Attributes,
     CleaningRules,
     CustomerOptions,
     ReadOptions,
@@ -118,12 +119,25 @@ def _cleaning_rules(config: Config) -> CleaningRules:
 ATTRIBUTES_FILE = "attributes.json"
 
 
+def read_attributes(clean: Path) -> tuple[dict[str, str], list[str]]:
+    """Return the attribute kinds and boolean text columns a clean folder's run used.
+
+    Empty without a customers table; folders of earlier versions hold the kinds alone.
+    """
+    path = clean / ATTRIBUTES_FILE
+    written = json.loads(path.read_text()) if path.exists() else {}
+    if "kinds" not in written:
+        return written, []
+    return dict(written["kinds"]), list(written["boolean_text"])
+
+
 def _customer_options(
     conformed: ir.Table,
     source: SourceConfig,
     config: Config,
     options: ReadOptions,
     known: dict[str, AttributeKind] | None = None,
+    boolean_text: frozenset[str] | None = None,
 ) -> CustomerOptions:
     """Return attribute kinds (declared or inferred) and print what was inferred.
 
@@ -135,7 +149,7 @@ def _customer_options(
         exclude.add(config.features.label_column)
     declared: dict[str, AttributeKind] = {**(known or {}), **source.attributes}
     attributes = infer_attributes(
-        conformed, declared, exclude, config.cleaning.numeric_min_distinct, options
+        conformed, declared, exclude, config.cleaning.numeric_min_distinct, options, boolean_text
     )
     inferred = {c: k for c, k in attributes.kinds.items() if c not in declared}
     if inferred:
@@ -151,6 +165,7 @@ def clean_stage(
     scoped: bool = False,
     attribute_kinds: dict[str, AttributeKind] | None = None,
     con: DuckDBBackend | None = None,
+    boolean_text: frozenset[str] | None = None,
 ) -> dict[str, TableQuality]:
     """Conform, validate and clean every extracted table; write clean and quarantine files.
 
@@ -163,8 +178,9 @@ def clean_stage(
     ``scoped``: the extract holds a few customers' rows (an intra-day update): a table may be
     empty, and only the clean tables and the ids quarantined rows show are written (no
     quarantine, no report: returns an empty dict); the full runs judge each table as a whole.
-    ``attribute_kinds`` then gives the customer attributes' kinds the full run inferred; every
-    run writes the kinds it used to ``clean/attributes.json``.
+    ``attribute_kinds`` then gives the customer attributes' kinds the full run inferred, and
+    ``boolean_text`` the text columns it read as booleans; every run writes both to
+    ``clean/attributes.json`` (``read_attributes``).
 
     ``con``: run on this DuckDB connection (the API's warm one) instead of a new one.
 
@@ -195,11 +211,12 @@ def clean_stage(
         customer_options = None
         if name == "customers":
             customer_options = _customer_options(
-                conformed, source, config, options, attribute_kinds
+                conformed, source, config, options, attribute_kinds, boolean_text
             )
-            if customer_options.attributes is not None:
-                attributes = dict(customer_options.attributes.kinds)
-            (paths.clean / ATTRIBUTES_FILE).write_text(json.dumps(attributes))
+            found = customer_options.attributes or Attributes(kinds={})
+            attributes = dict(found.kinds)
+            written = {"kinds": attributes, "boolean_text": sorted(found.boolean_text)}
+            (paths.clean / ATTRIBUTES_FILE).write_text(json.dumps(written))
         # Written once, so the duplicate windows run once for both outputs.
         tagged_file = paths.clean / f"{name}.tagged.parquet"
         tagged = tag_table(name, conformed, customer_ids, rules, customer_options)
@@ -277,7 +294,8 @@ def _write_seen(con: DuckDBBackend, parts: list[Path], config: Config, paths: Ru
         return
     seen = ibis.union(*(con.read_parquet(p) for p in parts), distinct=False)
     seen = seen.group_by("customer_id").aggregate(first_ts=seen.first_ts.min())
-    _, last = activity_range(config, paths, con)
+    undated = int(seen.filter(seen.first_ts.isnull()).count().execute()) > 0
+    _, last = activity_range(config, paths, con) if undated else (None, None)
     if last is not None:
         fallback = datetime.combine(last, datetime.min.time())
         seen = seen.mutate(first_ts=seen.first_ts.fill_null(ibis.literal(fallback)))

@@ -47,7 +47,7 @@ from churnseg.pipelines.sources import (
     connect_engine,
     connect_feature_engine,
 )
-from churnseg.pipelines.stages.extract_clean import ATTRIBUTES_FILE, SEEN_FILE
+from churnseg.pipelines.stages.extract_clean import SEEN_FILE, read_attributes
 from churnseg.pipelines.stages.run_folder import CLEAN_ORDER, RunPaths
 from churnseg.pipelines.warm_engine import WarmDuckDB
 
@@ -261,8 +261,9 @@ BUILD_SUFFIX = ".build.json"
 def build_file(features_path: Path) -> Path:
     """Return where a feature table's build state is kept: its BTYD fit, attribute kinds.
 
-    ``{"btyd": {...}, "attribute_kinds": {...}}``: what an intra-day update of a snapshot
-    built from this table must reuse to give its customers the same features.
+    ``{"btyd": {...}, "attribute_kinds": {...}, "boolean_text": [...]}``: what an intra-day
+    update of a snapshot built from this table must reuse to give its customers the same
+    features.
     """
     return features_path.with_suffix(BUILD_SUFFIX)
 
@@ -383,9 +384,9 @@ def feature_stage(
                     f"{settings.label!r}); check snapshots.as_of and the label settings"
                 )
             params = _with_btyd(local.con, staged, target, h, settings.btyd_period_days, btyd_fixed)
-            kinds_file = paths.clean / ATTRIBUTES_FILE
-            kinds = json.loads(kinds_file.read_text()) if kinds_file.exists() else {}
-            build_file(target).write_text(json.dumps({"btyd": params, "attribute_kinds": kinds}))
+            kinds, boolean_text = read_attributes(paths.clean)
+            build = {"btyd": params, "attribute_kinds": kinds, "boolean_text": boolean_text}
+            build_file(target).write_text(json.dumps(build))
             for path in staged:
                 path.unlink()
             counts[name] = int(pq.ParquetFile(target).metadata.num_rows)

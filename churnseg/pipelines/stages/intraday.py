@@ -218,7 +218,8 @@ def rescore_stage(
     if sum(extracted.values()) == 0:
         return None
     kinds = cast(dict[str, AttributeKind], state.attribute_kinds)  # as the full run wrote them
-    clean_stage(narrow, paths, scoped=True, attribute_kinds=kinds, con=con)
+    booleans = frozenset(state.boolean_text) if state.boolean_text is not None else None
+    clean_stage(narrow, paths, scoped=True, attribute_kinds=kinds, con=con, boolean_text=booleans)
     if not _any_rows(paths.clean):
         return None  # every row quarantined and no date to place the customer at
     plan = CutoffPlan(as_of, as_of, (), config.snapshots.horizon_days)

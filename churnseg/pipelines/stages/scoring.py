@@ -72,6 +72,8 @@ class PopulationState:
     segmentation_version: int
     churn_version: int
     attribute_kinds: dict[str, str] = field(default_factory=dict)
+    # Text attributes read as booleans; None in states logged before it was kept.
+    boolean_text: tuple[str, ...] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """Return the state as JSON-ready values (exact floats, not rounded)."""
@@ -87,6 +89,9 @@ class PopulationState:
             segmentation_version=int(values["segmentation_version"]),
             churn_version=int(values["churn_version"]),
             attribute_kinds=dict(values.get("attribute_kinds", {})),
+            boolean_text=(
+                tuple(values["boolean_text"]) if values.get("boolean_text") is not None else None
+            ),
         )
 
 
@@ -278,6 +283,7 @@ def scoring_context(
             models.segmentation_version,
             models.churn_version,
             built.get("attribute_kinds", {}),
+            tuple(built["boolean_text"]) if "boolean_text" in built else None,
         )
         if mlflow.active_run() is not None:
             mlflow.log_dict(state.as_dict(), STATE_ARTIFACT)
