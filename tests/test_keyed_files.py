@@ -13,7 +13,7 @@ import pytest
 
 from churnseg.pipelines.config import Config
 from churnseg.pipelines.keyed_files import KeyedSources
-from churnseg.pipelines.sources import extract_sources
+from churnseg.pipelines.sources import SourceError, extract_sources
 
 TABLES = ("customers", "transactions")
 
@@ -141,3 +141,15 @@ def test_database_sources_are_read_from_the_database(files: Config, tmp_path: Pa
     keyed = KeyedSources(config, TABLES)
     assert keyed.extract(tmp_path / "out", ["C2"]) == {"customers": 1, "transactions": 2}
     assert sorted(p.name for p in (tmp_path / "state" / "keyed").iterdir()) == ["transactions"]
+
+
+def test_an_unreadable_file_is_a_source_error_and_leaves_no_partial_copy(
+    files: Config, tmp_path: Path
+) -> None:
+    (tmp_path / "tx-3.parquet").write_bytes(b"PAR1 not really parquet")
+    keyed = KeyedSources(files, TABLES)
+    with pytest.raises(SourceError, match=r"table 'transactions': cannot read .*tx-3.parquet"):
+        keyed.extract(tmp_path / "out", ["C1"])
+    folder = files.state_dir / "keyed" / "transactions"
+    left = sorted(p.name.split(".", 1)[1] for p in folder.iterdir())
+    assert left == ["arrow", "arrow", "keys.parquet", "keys.parquet"], "the two good files' copies"

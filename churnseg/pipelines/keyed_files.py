@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import ibis
+import ibis.expr.types as ir
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -106,6 +107,19 @@ def _write_copy(
     # Rows without an id last: never asked for, but counted as the file's rows.
     ordered = keyed.order_by([ibis.asc(KEY, nulls_first=False), ROW])
     temp = f"{stem}.{os.getpid()}.{threading.get_ident()}"
+    try:
+        _write_files(con, ordered, folder, temp)
+    except BaseException:
+        for leftover in folder.glob(f"{temp}.*"):
+            leftover.unlink(missing_ok=True)
+        raise
+    # The directory last: a copy counts as written once its keys file exists.
+    os.replace(folder / f"{temp}.arrow.tmp", folder / f"{stem}.arrow")
+    os.replace(folder / f"{temp}.keys.tmp", folder / f"{stem}.keys.parquet")
+
+
+def _write_files(con: DuckDBBackend, ordered: ir.Table, folder: Path, temp: str) -> None:
+    """Write ``ordered`` as ``<temp>.arrow.tmp`` and its directory as ``<temp>.keys.tmp``."""
     staged = folder / f"{temp}.staged.parquet"
     con.to_parquet(ordered, staged)
     directory = con.read_parquet(staged, file_row_number=True)
@@ -122,9 +136,6 @@ def _write_copy(
         for batch in parquet.iter_batches(batch_size=_BATCH_ROWS):
             writer.write_batch(batch)
     staged.unlink()
-    # The directory last: a copy counts as written once its keys file exists.
-    os.replace(folder / f"{temp}.arrow.tmp", folder / f"{stem}.arrow")
-    os.replace(folder / f"{temp}.keys.tmp", folder / f"{stem}.keys.parquet")
 
 
 def _open_copy(folder: Path, stem: str, source_rows: int | None = None) -> KeyedFile:
