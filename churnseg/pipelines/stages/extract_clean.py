@@ -288,7 +288,8 @@ def _write_seen(con: DuckDBBackend, parts: list[Path], config: Config, paths: Ru
 
     An id whose rows all had unusable times is first seen on the data's last day of clean
     activity (``activity_range``), so it is scored at the default cutoff without entering
-    earlier (training) snapshots.
+    earlier (training) snapshots. In an update that day is the last of the update's own rows,
+    not the whole data's: such an id's tenure can differ from a full build's.
     """
     if not parts:
         return
