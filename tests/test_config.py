@@ -42,6 +42,22 @@ def test_bad_value_names_key_and_value(tmp_path: Path) -> None:
         load_config(path, environ={})
 
 
+def test_a_check_across_sections_says_what_is_missing_without_echoing_the_config(
+    tmp_path: Path,
+) -> None:
+    path = write(
+        tmp_path,
+        "sample: {enabled: false}\n"
+        "sources:\n  customers: {path: c.csv}\n  transactions: {path: t.csv}\n"
+        "allocation: {enabled: true}\n",
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ={})
+    problem = str(info.value).splitlines()[1]
+    assert problem.startswith("(top level): allocation.enabled needs sources.owners"), problem
+    assert "got {" not in problem and "tracking_uri" not in problem, "the config is not echoed"
+
+
 def test_k_range_is_checked(tmp_path: Path) -> None:
     path = write(tmp_path, "segmentation:\n  k_min: 6\n  k_max: 3\n")
     with pytest.raises(ConfigError, match="k_max"):

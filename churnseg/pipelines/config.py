@@ -973,15 +973,24 @@ def _apply_env_overrides(raw: dict[str, Any], environ: dict[str, str]) -> dict[s
     return raw
 
 
+_SHOWN_INPUT = 120  # longest offending value quoted in a config error
+
+
 def _describe(error: ValidationError) -> str:
     """Return one line per problem: the dotted key, what is wrong, and what is allowed."""
     lines = []
     for item in error.errors():
         key = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        message = str(item["msg"]).removeprefix("Value error, ")
+        got = repr(item.get("input"))
         if item["type"] == "extra_forbidden":
             lines.append(f"{key}: unknown key")
+        elif isinstance(item.get("input"), dict | list) or len(got) > _SHOWN_INPUT:
+            # A check of a whole section gets the section as its input: the message names
+            # the keys, and the section (the whole config at the top level) is noise.
+            lines.append(f"{key}: {message}")
         else:
-            lines.append(f"{key}: {item['msg']} (got {item.get('input')!r})")
+            lines.append(f"{key}: {message} (got {got})")
     # The offending input may hold a database URL: never show its password.
     return redact_secrets("\n".join(lines))
 
