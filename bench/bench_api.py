@@ -18,7 +18,10 @@ The first rescore after the API starts waits for the keyed copies of the file so
 Targets (issue 20): GET p95 <= 20 ms and POST rescore p95 <= 500 ms at 32 concurrent clients;
 ``score --changed`` for 1% of customers <= 30 s.
 
-Example: python bench/bench_api.py --customers 1000000 --clients 32
+With ``--postgres`` the four feature tables are then loaded into PostgreSQL (``PG_URL``, each
+with an index on ``customer_id``) and the API part runs again reading them from there.
+
+Example: python bench/bench_api.py --customers 1000000 --clients 32 [--postgres]
 """
 
 from __future__ import annotations
@@ -69,6 +72,55 @@ def write_config(work: Path, data: Path, name: str) -> Path:
 
 
 QUIET = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_LOGGING_LEVEL": "WARNING"}
+
+
+PG_URL = os.environ.get("CHURNSEG_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+PG_SCHEMA = "churnseg_bench_api"
+FEATURE_TABLES = ("customers", "transactions", "events", "subscriptions")
+_PG_TYPES = {
+    "string": "text",
+    "large_string": "text",
+    "double": "double precision",
+    "int64": "bigint",
+    "bool": "boolean",
+    "timestamp[us]": "timestamp",
+    "timestamp[ns]": "timestamp",
+}
+
+
+def postgres_config(work: Path, config: Path) -> Path:
+    """Load the four feature tables of ``work/data`` into PostgreSQL, each with an index on
+    ``customer_id``; return a copy of ``config`` that reads them from there."""
+    import duckdb
+    import psycopg
+    import pyarrow.parquet as pq
+
+    with psycopg.connect(PG_URL, autocommit=True) as con:
+        con.execute(f"DROP SCHEMA IF EXISTS {PG_SCHEMA} CASCADE")
+        con.execute(f"CREATE SCHEMA {PG_SCHEMA}")
+        for name in FEATURE_TABLES:
+            files = sorted((work / "data").glob(f"{name}*.parquet"))
+            schema = pq.read_schema(files[0])
+            columns = ", ".join(f'"{f.name}" {_PG_TYPES[str(f.type)]}' for f in schema)
+            con.execute(f"CREATE TABLE {PG_SCHEMA}.{name} ({columns})")
+            for file in files:
+                csv = work / f"{name}.csv"
+                duckdb.sql(f"COPY (SELECT * FROM read_parquet('{file}')) TO '{csv}' (HEADER false)")
+                with (
+                    con.cursor().copy(f"COPY {PG_SCHEMA}.{name} FROM STDIN (FORMAT csv)") as copy,
+                    csv.open("rb") as lines,
+                ):
+                    while chunk := lines.read(1 << 20):
+                        copy.write(chunk)
+                csv.unlink()
+            con.execute(f"CREATE INDEX ON {PG_SCHEMA}.{name} (customer_id)")
+            con.execute(f"ANALYZE {PG_SCHEMA}.{name}")
+    loaded = yaml.safe_load(config.read_text())
+    for name in FEATURE_TABLES:
+        loaded["sources"][name] = {"url": PG_URL, "table": f"{PG_SCHEMA}.{name}"}
+    path = config.with_name("config_postgres.yaml")
+    path.write_text(yaml.safe_dump(loaded))
+    return path
 
 
 def churnseg(*args: str) -> float:
@@ -274,6 +326,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--cache", type=Path, default=Path("/tmp/churnseg-bench"))
     parser.add_argument("--json", type=Path, help="write every figure here")
+    parser.add_argument(
+        "--postgres",
+        action="store_true",
+        help="also drive the API with the feature tables read from PostgreSQL (indexed)",
+    )
     args = parser.parse_args(argv)
     sys.path.insert(0, str(Path(__file__).parent))
     print(f"load average at start: {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
@@ -304,6 +361,8 @@ def main(argv: list[str] | None = None) -> int:
         "score", "-c", str(config), "--changed", "--as-of", as_of
     )
     figures["api"] = bench_api(config, ids, args)
+    if args.postgres:
+        figures["api_postgres"] = bench_api(postgres_config(work, config), ids, args)
     figures |= in_fresh_process(timed_flows, str(config), as_of)
     figures["changed_expected"] = len(changed)
     print(
@@ -332,6 +391,13 @@ def main(argv: list[str] | None = None) -> int:
             f"p50 {r['p50_ms']:.1f} ms, p95 {r['p95_ms']:.1f} ms (target {target}), "
             f"p99 {r['p99_ms']:.1f} ms, "
             f"{r['per_second']:.1f}/s, statuses {r['statuses']}"
+        )
+    if args.postgres:
+        r = figures["api_postgres"]["rescore"]
+        print(
+            f"rescore  from PostgreSQL sources: p50 {r['p50_ms']:.1f} ms, p95 {r['p95_ms']:.1f} ms "
+            f"(target 500), p99 {r['p99_ms']:.1f} ms, {r['per_second']:.1f}/s; first rescore "
+            f"{figures['api_postgres']['first_rescore_s']:.1f} s"
         )
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2, default=str))
