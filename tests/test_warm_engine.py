@@ -100,3 +100,22 @@ def test_a_cutoff_used_in_a_form_the_template_does_not_know_is_compiled_each_tim
         sql, _ = warm.cutoff_query("next-day", next_day, cutoff)
         assert warm.raw_sql(sql).fetchall() == [(expected,)]
     assert warm._templates["next-day"][0] is None
+
+
+def test_every_thread_gets_its_own_connection_and_all_are_closed() -> None:
+    import threading
+
+    from churnseg.pipelines.warm_engine import WarmConnections
+
+    pool = WarmConnections(EngineConfig())
+    got: list[WarmDuckDB] = []
+    workers = [threading.Thread(target=lambda: got.append(pool.get())) for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert got[0] is not got[1], "a run re-points its views: threads must not share them"
+    pool.close()
+    for con in got:
+        with pytest.raises(Exception, match=r"(?i)closed"):
+            con.raw_sql("SELECT 1")

@@ -156,7 +156,9 @@ class WarmConnections:
         """Open connections set up by ``engine`` (memory limit, spill folder)."""
         self._engine = engine
         self._local = threading.local()
-        self._open: set[WarmDuckDB] = set()
+        # By id: Ibis backends compare equal when they point at the same database, and every
+        # in-memory DuckDB connection does.
+        self._open: dict[int, WarmDuckDB] = {}
         self._lock = threading.Lock()
 
     def get(self) -> WarmDuckDB:
@@ -166,7 +168,7 @@ class WarmConnections:
             con = connect_warm(self._engine)
             self._local.con = con
             with self._lock:
-                self._open.add(con)
+                self._open[id(con)] = con
         return con
 
     def discard(self) -> None:
@@ -175,7 +177,7 @@ class WarmConnections:
         self._local.con = None
         if con is not None:
             with self._lock:
-                self._open.discard(con)
+                self._open.pop(id(con), None)
             con.disconnect()
 
     def close(self) -> None:
@@ -184,6 +186,6 @@ class WarmConnections:
         DuckDB connections still open when Python exits make its bindings print a leak report.
         """
         with self._lock:
-            opened, self._open = self._open, set()
+            opened, self._open = list(self._open.values()), {}
         for con in opened:
             con.disconnect()
