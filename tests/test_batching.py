@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -100,3 +103,53 @@ def test_a_failed_audit_write_reaches_every_request_in_it() -> None:
     for future in futures:
         with pytest.raises(PublishError, match="api_audit"):
             future.result(5)
+
+
+def test_a_new_snapshot_is_loaded_beside_the_old_and_a_champion_change_refuses_updates(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import churnseg.pipelines.api.app as app
+    from churnseg.pipelines.config import Config
+    from churnseg.pipelines.stages.intraday import IntradayUnavailableError
+
+    published = {"run": "r1"}
+    loads: list[str] = []
+    slow_load = threading.Event()
+
+    def snapshot(_: object) -> SimpleNamespace:
+        return SimpleNamespace(run_id=published["run"])
+
+    def load(_: object, __: object, found: SimpleNamespace | None = None) -> SimpleNamespace:
+        run = found.run_id if found is not None else published["run"]
+        if run == "bad":
+            raise IntradayUnavailableError("the champions changed since snapshot bad")
+        if run == "r2":
+            slow_load.wait(5)  # a reload takes a while: rescores go on meanwhile
+        loads.append(run)
+        models = SimpleNamespace(segmentation_version=1, churn_version=1)
+        return SimpleNamespace(snapshot=SimpleNamespace(run_id=run), models=models)
+
+    monkeypatch.setattr(app, "published_snapshot", snapshot)
+    monkeypatch.setattr(app, "load_rescorer", load)
+    monkeypatch.setattr(app, "champion_version", lambda _: 1)
+    config = Config.model_validate({"state_dir": str(tmp_path), "sample": {"enabled": True}})
+    cache = app.RescorerCache(config, reload_seconds=0.02)
+    try:
+        assert cache.get().snapshot.run_id == "r1"
+        published["run"] = "r2"
+        time.sleep(0.2)
+        assert cache.get().snapshot.run_id == "r1", "served while the new one loads"
+        slow_load.set()
+        deadline = time.monotonic() + 5
+        while cache.get().snapshot.run_id != "r2" and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert cache.get().snapshot.run_id == "r2"
+        published["run"] = "bad"
+        deadline = time.monotonic() + 5
+        with pytest.raises(IntradayUnavailableError, match="champions changed"):
+            while time.monotonic() < deadline:
+                cache.get()
+                time.sleep(0.02)
+    finally:
+        cache.stop()
+    assert loads == ["r1", "r2"]

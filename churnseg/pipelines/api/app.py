@@ -260,9 +260,13 @@ class AuditMiddleware:
 
 
 class RescorerCache:
-    """The loaded rescorer, reloaded when a new snapshot or champion is published.
+    """The loaded rescorer, replaced when a new snapshot or champion is published.
 
-    The check (one query and the MLflow registry) runs at most every ``reload_seconds``.
+    The first ``get`` loads it. Then a background thread checks every ``reload_seconds``
+    (a query and the MLflow registry) and loads the new one beside the old, so no rescore
+    waits for the check (0.15 s, once a minute at 1M customers) or for a reload (seconds).
+    When the champions changed since the newest snapshot, ``get`` raises
+    ``IntradayUnavailableError`` until a full score publishes a snapshot of theirs.
     """
 
     def __init__(self, config: Config, reload_seconds: float) -> None:
@@ -271,20 +275,50 @@ class RescorerCache:
         self._reload = reload_seconds
         self._lock = threading.Lock()
         self._value: Rescorer | None = None
-        self._checked = 0.0
+        self._error: IntradayUnavailableError | None = None
         self._settled = False
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
 
     def get(self) -> Rescorer:
-        """Return the rescorer of the newest snapshot (loading it when it changed)."""
+        """Return the rescorer of the newest snapshot (the first call loads it)."""
         with self._lock:
-            if self._value is None or time.monotonic() - self._checked > self._reload:
-                snapshot = published_snapshot(self._target)
-                if self._value is None or self._stale(self._value, snapshot):
-                    gc.unfreeze()  # the models being replaced may be collected again
-                    self._value = load_rescorer(self._config, self._target, snapshot)
-                    self._settled = False
-                self._checked = time.monotonic()
+            if self._value is None:
+                self._value = load_rescorer(self._config, self._target)
+                self._watcher = threading.Thread(
+                    target=self._watch, name="rescorer-reload", daemon=True
+                )
+                self._watcher.start()
+            if self._error is not None:
+                raise self._error
             return self._value
+
+    def stop(self) -> None:
+        """Stop checking for new snapshots (the service stops)."""
+        self._stop.set()
+        if self._watcher is not None:
+            self._watcher.join()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self._reload):
+            current = self._value
+            try:
+                snapshot = published_snapshot(self._target)
+                if current is not None and not self._stale(current, snapshot):
+                    with self._lock:
+                        self._error = None
+                    continue
+                fresh = load_rescorer(self._config, self._target, snapshot)
+            except IntradayUnavailableError as exc:
+                with self._lock:
+                    self._error = exc
+                continue
+            except Exception as exc:  # keep serving the loaded one; say why in the log
+                log.warning("checking for a new snapshot or champion: %s", exc)
+                continue
+            with self._lock:
+                gc.unfreeze()  # the models replaced may be collected again
+                self._value, self._error, self._settled = fresh, None, False
 
     def settle(self) -> None:
         """After the first run with a newly loaded rescorer, hide what it holds from the GC.
@@ -414,6 +448,7 @@ def create_app(config: Config) -> FastAPI:
         # Runs finish first: the warm connections must be idle when they are closed.
         await run_in_threadpool(rescores.close)
         await run_in_threadpool(audit.close)
+        await run_in_threadpool(rescorers.stop)
         warm.close()
         rescorers.release()
 
