@@ -141,6 +141,12 @@ def test_database_sources_are_read_from_the_database(files: Config, tmp_path: Pa
     keyed = KeyedSources(config, TABLES)
     assert keyed.extract(tmp_path / "out", ["C2"]) == {"customers": 1, "transactions": 2}
     assert sorted(p.name for p in (tmp_path / "state" / "keyed").iterdir()) == ["transactions"]
+    # The database's connection pool stays open for the next rescore, and closes with it.
+    (pool,) = keyed._engines.values()
+    assert keyed.extract(tmp_path / "out", ["C1"]) == {"customers": 1, "transactions": 3}
+    assert list(keyed._engines.values()) == [pool]
+    keyed.close()
+    assert keyed._engines == {}
 
 
 def test_an_unreadable_file_is_a_source_error_and_leaves_no_partial_copy(

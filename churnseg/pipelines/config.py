@@ -985,9 +985,9 @@ def _describe(error: ValidationError) -> str:
         got = repr(item.get("input"))
         if item["type"] == "extra_forbidden":
             lines.append(f"{key}: unknown key")
-        elif isinstance(item.get("input"), dict | list) or len(got) > _SHOWN_INPUT:
-            # A check of a whole section gets the section as its input: the message names
-            # the keys, and the section (the whole config at the top level) is noise.
+        elif len(redact_secrets(got)) > _SHOWN_INPUT:
+            # A check across sections gets them all as its input (the whole config at the top
+            # level): the message names the keys, and the echo would bury it.
             lines.append(f"{key}: {message}")
         else:
             lines.append(f"{key}: {message} (got {got})")

@@ -291,8 +291,12 @@ def _sql_parts(
     config: Config,
     parts: Path,
     customers: Sequence[str] | None = None,
+    engines: dict[str, sa.Engine] | None = None,
 ) -> list[str]:
     """Stream a database table or query (the rows of ``customers``) into Parquet parts.
+
+    ``engines``: connection pools by URL kept by the caller across calls (the API's rescores);
+    without it the connection is closed after the read.
 
     Returns:
         The column names.
@@ -300,12 +304,18 @@ def _sql_parts(
     url = database_url(config.resolve(source.url or ""))
     shown = url.render_as_string(hide_password=True)
     where = f"table {name!r} ({shown})"
-    try:
-        engine = sa.create_engine(url)
-    except (sa.exc.SQLAlchemyError, ImportError) as exc:
-        raise SourceError(
-            f"{where}: cannot use this URL: {_first_line(exc, url.password)}"
-        ) from None
+    pool_key = url.render_as_string(hide_password=False)
+    engine = engines.get(pool_key) if engines is not None else None
+    if engine is None:
+        try:
+            engine = sa.create_engine(url, pool_pre_ping=engines is not None)
+        except (sa.exc.SQLAlchemyError, ImportError) as exc:
+            raise SourceError(
+                f"{where}: cannot use this URL: {_first_line(exc, url.password)}"
+            ) from None
+        if engines is not None:
+            engines[pool_key] = engine
+    failed = True
     try:
         with engine.connect() as conn:
             stmt: Any = _source_select(conn, source, where, customers is not None)
@@ -333,13 +343,17 @@ def _sql_parts(
             if offset == 0:
                 empty = {c: pa.array([], type=pa.string()) for c in columns}
                 _write_part(parts, 0, pa.table({**empty, ROW: pa.array([], type=pa.int64())}))
+        failed = False
     except SourceError:
         raise
     except sa.exc.SQLAlchemyError as exc:
         reason = _first_line(getattr(exc, "orig", None) or exc, url.password)
         raise SourceError(f"{where}: cannot read: {reason}") from None
     finally:
-        engine.dispose()
+        if engines is None or failed:  # a failed pool is opened anew next time
+            engine.dispose()
+            if engines is not None:
+                engines.pop(pool_key, None)
     return columns
 
 
@@ -580,11 +594,13 @@ def extract_table(
     config: Config,
     out_dir: Path,
     customers: Sequence[str] | None = None,
+    engines: dict[str, sa.Engine] | None = None,
 ) -> Extracted:
     """Copy the source of logical table ``name`` to ``out_dir/<name>.parquet``.
 
     With ``customers`` (ids as text), only the rows of those customers are copied: an
     intra-day update reads a few customers' history, filtered in the database or by DuckDB.
+    ``engines``: database connection pools the caller keeps open across calls.
 
     Raises:
         SourceError: A file is missing, empty or unreadable, the database cannot be reached,
@@ -601,7 +617,7 @@ def extract_table(
         if source.path is not None:
             rejected = _file_parts(con, name, source, config, parts, customers)
         else:
-            columns = _sql_parts(name, source, config, parts, customers)
+            columns = _sql_parts(name, source, config, parts, customers, engines)
             rejected = _no_rejects()
         files = sorted(str(p) for p in parts.glob("part-*.parquet"))
         if len(files) == 1 and columns is None:

@@ -450,6 +450,8 @@ def create_app(config: Config) -> FastAPI:
         await run_in_threadpool(audit.close)
         await run_in_threadpool(rescorers.stop)
         warm.close()
+        if keyed is not None:
+            keyed.close()
         rescorers.release()
 
     app = FastAPI(
