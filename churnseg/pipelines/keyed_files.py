@@ -65,7 +65,6 @@ class KeyedFile:
     keys: NDArray[np.str_]
     starts: NDArray[np.int64]
     counts: NDArray[np.int64]
-    source_rows: int
 
     def take(self, customers: Sequence[str]) -> pa.Table:
         """Return the rows of ``customers`` (ids as text without surrounding spaces)."""
@@ -139,7 +138,7 @@ def _write_files(con: DuckDBBackend, ordered: ir.Table, folder: Path, temp: str)
     staged.unlink()
 
 
-def _open_copy(folder: Path, stem: str, source_rows: int | None = None) -> KeyedFile:
+def _open_copy(folder: Path, stem: str) -> KeyedFile:
     """Return a written copy, its rows memory-mapped."""
     mapped = pa.memory_map(str(folder / f"{stem}.arrow"))
     rows = pa.ipc.open_file(mapped).read_all()
@@ -149,7 +148,6 @@ def _open_copy(folder: Path, stem: str, source_rows: int | None = None) -> Keyed
         keys=keys.column(KEY).to_numpy(zero_copy_only=False).astype(str),
         starts=keys.column("start").to_numpy(),
         counts=keys.column("count").to_numpy().astype(np.int64),
-        source_rows=rows.num_rows if source_rows is None else source_rows,
     )
 
 
@@ -227,8 +225,10 @@ class KeyedSources:
             part = copy.take(customers)
             row = pc.add(part.column(ROW), pa.scalar(offset, pa.int64()))
             parts.append(part.drop_columns([KEY, ROW]).append_column(ROW, row))
-            # As a scoped extract numbers them (``sources.next_offset`` for CSV).
-            offset += copy.source_rows if source.file_format != "csv" else next_offset(row, offset)
+            # As a scoped extract numbers them: a Parquet copy holds every row of its file (ids
+            # missing included); CSV by the last line copied (``sources.next_offset``).
+            csv = source.file_format == "csv"
+            offset += next_offset(row, offset) if csv else copy.rows.num_rows
         schemas = {p.schema for p in parts}
         if len(schemas) > 1:  # files of one glob whose types differ, as DuckDB unifies them
             return pa.concat_tables(parts, promote_options="permissive")
@@ -253,7 +253,7 @@ class KeyedSources:
                         raise SourceError(
                             f"table {name!r}: cannot read {file}: {_first_line(exc, None)}"
                         ) from None
-                self._open[stem] = _open_copy(folder, stem, _source_rows(file, source))
+                self._open[stem] = _open_copy(folder, stem)
         finally:
             if con is not None:
                 con.disconnect()
@@ -268,10 +268,3 @@ class KeyedSources:
                 self._open.pop(stem, None)
                 path.unlink(missing_ok=True)
                 (folder / f"{stem}.arrow").unlink(missing_ok=True)
-
-
-def _source_rows(file: str, source: SourceConfig) -> int | None:
-    """Return a Parquet file's row count (the offset of the next file's positions)."""
-    if source.file_format == "csv":
-        return None  # the copy holds every line the reader could split
-    return int(pq.ParquetFile(file).metadata.num_rows)

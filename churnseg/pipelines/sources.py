@@ -516,7 +516,7 @@ def _parquet_part(
     """Copy one Parquet file (the rows of ``customers``) to ``target`` with ``_row``.
 
     Returns:
-        The rows copied.
+        The file's rows, copied or not: where the next file's positions start.
     """
     try:
         table = con.read_parquet(file, file_row_number=True)
@@ -527,7 +527,7 @@ def _parquet_part(
         con.to_parquet(_only_customers(numbered, source, customers), target)
     except duckdb.Error as exc:
         raise SourceError(f"table {name!r}: cannot read {file}: {_first_line(exc, None)}") from None
-    return int(pq.ParquetFile(target).metadata.num_rows)
+    return int(pq.ParquetFile(file).metadata.num_rows)
 
 
 def _source_files(name: str, source: SourceConfig, config: Config) -> list[str]:
@@ -564,8 +564,7 @@ def _file_parts(
             if customers is not None:  # the lines before the last one copied
                 rows = next_offset(pq.read_table(target, columns=[ROW]).column(ROW), offset)
         else:
-            _parquet_part(con, name, file, offset, target, source, customers)
-            rows = int(pq.ParquetFile(file).metadata.num_rows)
+            rows = _parquet_part(con, name, file, offset, target, source, customers)
         offset += rows
     empty = _no_rejects()
     return pa.concat_tables([empty, *(t.cast(empty.schema) for t in rejected)])
