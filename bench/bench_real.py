@@ -259,8 +259,9 @@ def contract_truth(subscriptions: pd.DataFrame, as_of: date, horizon: int) -> pd
 def run_case(case: Case, analyses: tuple[str, ...] = ()) -> Result:
     """Run ``churnseg run`` on the case's config in a process of its own and judge the scores.
 
-    ``analyses`` adds ``families`` (the feature-family ablation) and ``boosters`` (the
-    gradient-boosting libraries at equal budget), both on the run's own feature tables.
+    ``analyses`` adds ``families`` (the feature-family ablation), ``boosters`` (the
+    gradient-boosting libraries at equal budget) and ``ceiling`` (models fitted in time on the
+    as-of outcome), all on the run's own feature tables.
     """
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHURNSEG__")}
     began = time.perf_counter()
@@ -287,6 +288,8 @@ def run_case(case: Case, analyses: tuple[str, ...] = ()) -> Result:
         result.extra["families"] = family_ablation(run_folder, judged.index, truth)
     if "boosters" in analyses:
         result.extra["boosters"] = boosters(run_folder, judged.index, truth)
+    if "ceiling" in analyses:
+        result.extra["ceiling"] = ceiling(run_folder, judged.index, truth)
     return result
 
 
@@ -451,6 +454,39 @@ def boosters(run_folder: Path, ids: pd.Index, truth: pd.Series) -> dict[str, dic
     return out
 
 
+def ceiling(run_folder: Path, ids: pd.Index, truth: pd.Series) -> dict[str, float]:
+    """Return ROC AUC of models fitted in time on the as-of outcome itself (5-fold, by customer).
+
+    Not a model anyone could deploy: each fold learns from the very outcomes it is judged on,
+    at the very cutoff. Out of time no model on the same feature table can be expected to rank
+    better, so this bounds what the table holds beyond the RFM columns: ``logistic_rfm``,
+    ``logreg_all`` (the candidate, C = 0.1, on every input) and ``hgb_all``.
+    """
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+    from churnseg.models import churn as churn_model
+
+    history, scoring, y = history_and_target(run_folder, ids, truth)
+    spec = churn_model.model_inputs(history)[0]
+    spec = churn_model.FeatureSpec(spec.numeric, spec.categorical)  # one cutoff: no season
+    rfm = [c for c in churn_model.RFM_BASELINE_FEATURES if c in spec.numeric]
+    models = {
+        "logreg_all": ("logreg", spec, {"C": 0.1}),
+        "hgb_all": ("hgb", spec, churn_model.PARAM_GRIDS["hgb"][0]),
+    }
+    if len(rfm) >= 3:
+        models["logistic_rfm"] = ("logreg", churn_model.FeatureSpec(rfm, []), {"C": 1.0})
+    folds = StratifiedKFold(5, shuffle=True, random_state=0)
+    out = {}
+    for name, (kind, fit_spec, params) in models.items():
+        model = churn_model.candidate_pipeline(kind, fit_spec, params)
+        proba = cross_val_predict(
+            model, scoring[fit_spec.columns], y, cv=folds, method="predict_proba"
+        )[:, 1]
+        out[name] = judge(y, proba)["roc_auc"]
+    return out
+
+
 # --- report ------------------------------------------------------------------------------------
 
 
@@ -509,8 +545,9 @@ def main() -> None:
         "--analyses",
         nargs="*",
         default=[],
-        choices=["families", "boosters"],
-        help="also: the feature-family ablation; HGB against LightGBM and XGBoost",
+        choices=["families", "boosters", "ceiling"],
+        help="also: the feature-family ablation; HGB against LightGBM and XGBoost; models "
+        "fitted in time on the as-of outcome itself (what the feature table can hold)",
     )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="churnseg-real-"))
