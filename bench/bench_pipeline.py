@@ -57,7 +57,8 @@ def _load() -> str:
 def bench_environ(work: Path, sample_dir: Path, customers: int, pg: bool) -> dict[str, str]:
     """Return the ``CHURNSEG__`` overrides of one benchmark run (default config otherwise)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHURNSEG__")}
-    tables = ("customers", "transactions", "events", "subscriptions")
+    # Every table the sample writes, the allocation's owners and assignments included.
+    tables = ("customers", "transactions", "events", "subscriptions", "owners", "assignments")
     env |= {
         f"CHURNSEG__SOURCES__{t.upper()}__PATH": str(sample_dir / f"{t}.parquet") for t in tables
     }
