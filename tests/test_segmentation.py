@@ -196,3 +196,62 @@ def test_descriptions_are_unique_and_in_words() -> None:
     assert len(set(names.values())) == 4, names
     assert names[1] == "Low activity (90 days), low recurring revenue"
     assert all("Segment" not in n and n[0].isupper() for n in names.values()), names
+
+
+def _feature_file(tmp_path: Path, frame: pd.DataFrame) -> Path:
+    path = tmp_path / "scoring.parquet"
+    frame.to_parquet(path, index=False)
+    return path
+
+
+def test_stage_reads_only_the_columns_segmentation_uses(
+    population: dict[str, pd.DataFrame], tmp_path: Path
+) -> None:
+    from churnseg.pipelines.stages.segmenting import segmentation_frame
+
+    wide = population["later"].assign(
+        snapshot_date=date(2026, 1, 1), spend_365d=1.0, events_90d=3, note="x"
+    )
+    path = _feature_file(tmp_path, wide)
+    config = load_config(environ={})
+    frame, inputs = segmentation_frame(config, path)
+    assert inputs == ["purchase_rate", "monetary_mean"]
+    assert set(frame.columns) == {
+        "customer_id",
+        "snapshot_date",
+        "recency_days",
+        "frequency",
+        "monetary_total",
+        "monetary_mean",
+        "tenure_days",
+    }
+    # A champion clustered on events: its input is read too, to match segments in its space.
+    champion = seg.segmentation_pipeline(features=["events_90d"], k_min=2, k_max=2)
+    frame, _ = segmentation_frame(config, path, champion)
+    assert "events_90d" in frame.columns and "spend_365d" not in frame.columns
+    # The narrow frame clusters and profiles exactly as the whole table does.
+    narrow = fit(frame)
+    whole = fit(wide)
+    np.testing.assert_array_equal(narrow.predict(frame), whole.predict(wide))
+    columns = ["purchase_rate", "monetary_mean", "recency_days"]
+    pd.testing.assert_frame_equal(
+        seg.segment_profiles(frame, narrow.predict(frame), columns),
+        seg.segment_profiles(wide, whole.predict(wide), columns),
+    )
+
+
+def test_stage_reads_a_customers_only_table_whole(tmp_path: Path) -> None:
+    from churnseg.pipelines.stages.segmenting import segmentation_frame
+
+    rng = np.random.default_rng(0)
+    table = pd.DataFrame(
+        {
+            "customer_id": [f"c{i}" for i in range(200)],
+            "MonthlyCharges": rng.uniform(20, 120, 200),
+            "TotalCharges": rng.uniform(20, 8000, 200),
+            "SeniorCitizen": rng.integers(0, 2, 200),
+        }
+    )
+    frame, inputs = segmentation_frame(load_config(environ={}), _feature_file(tmp_path, table))
+    assert inputs == ["MonthlyCharges", "TotalCharges"]
+    assert list(frame.columns) == list(table.columns)

@@ -49,32 +49,65 @@ def purchase_rate(frame: pd.DataFrame) -> pd.Series:
 
 
 DERIVED = {"purchase_rate": purchase_rate}
+# The feature-table columns each derived input is computed from.
+DERIVED_FROM: dict[str, tuple[str, ...]] = {
+    "purchase_rate": ("tenure_days", "recency_days", "frequency"),
+}
 # Columns that are never clustering inputs: ids, dates, flags and labels.
 _NOT_INPUTS = frozenset({"customer_id", "snapshot_date", "churned", "at_risk", "tenure_days"})
 # Numeric attributes with fewer distinct values are codes or flags, not amounts.
 _MIN_DISTINCT = 10
 
 
-def default_inputs(frame: pd.DataFrame, activity_window: int = 90) -> list[str]:
-    """Return the clustering inputs ``segmentation.features: auto`` takes for this table.
+def behaviour_inputs(columns: Sequence[str], activity_window: int = 90) -> list[str]:
+    """Return the behavioural clustering inputs a table with ``columns`` offers (may be none).
 
     How a customer buys where there are purchases: purchase rate and mean order value. Else
     how active they are (events in the window nearest ``activity_window`` days) and what they
-    pay (recurring revenue), whichever the table has. Else (a customers-only snapshot) up to
-    three numeric attributes with at least ``_MIN_DISTINCT`` values, in table order.
-
-    Raises:
-        ValueError: The table has nothing to cluster on.
+    pay (recurring revenue), whichever the table has. Only the column names are needed, so a
+    caller can choose before reading any rows.
     """
-    columns = set(frame.columns)
-    if {"frequency", "tenure_days", "recency_days", "monetary_mean"} <= columns:
+    if {"frequency", "tenure_days", "recency_days", "monetary_mean"} <= set(columns):
         return ["purchase_rate", "monetary_mean"]
-    windows = [int(m[1]) for c in frame.columns if (m := re.fullmatch(r"events_(\d+)d", c))]
+    windows = [int(m[1]) for c in columns if (m := re.fullmatch(r"events_(\d+)d", c))]
     inputs = []
     if windows:
         inputs.append(f"events_{min(windows, key=lambda w: abs(w - activity_window))}d")
     if "sub_recurring_revenue" in columns:
         inputs.append("sub_recurring_revenue")
+    return inputs
+
+
+def input_columns(features: Sequence[str]) -> list[str]:
+    """Return the feature-table columns the clustering inputs ``features`` read.
+
+    A derived input (``purchase_rate``) reads the columns it is computed from; any other input
+    is a column itself.
+    """
+    out: list[str] = []
+    for name in features:
+        out += DERIVED_FROM.get(name, (name,))
+    return list(dict.fromkeys(out))
+
+
+def pipeline_inputs(pipeline: Pipeline) -> list[str] | None:
+    """Return the clustering inputs of a segmentation pipeline; None if it does not say."""
+    first = pipeline[0]
+    return list(first.features) if isinstance(first, SegmentInputs) else None
+
+
+def default_inputs(frame: pd.DataFrame, activity_window: int = 90) -> list[str]:
+    """Return the clustering inputs ``segmentation.features: auto`` takes for this table.
+
+    ``behaviour_inputs`` where the table has purchases, events or subscriptions; else (a
+    customers-only snapshot) up to three numeric attributes with at least ``_MIN_DISTINCT``
+    values, in table order.
+
+    Raises:
+        ValueError: The table has nothing to cluster on.
+    """
+    columns = set(frame.columns)
+    inputs = behaviour_inputs(list(frame.columns), activity_window)
     if inputs:
         return inputs
     numeric = [

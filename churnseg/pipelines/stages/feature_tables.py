@@ -242,8 +242,10 @@ def hold_out_customers(labelled: Path, validation: Path, share: float) -> tuple[
     return kept.num_rows, out.num_rows
 
 
-def read_feature_table(path: Path, filters: Any = None) -> pd.DataFrame:
-    """Return a feature table (or the rows ``filters`` keeps, pyarrow DNF) as a DataFrame.
+def read_feature_table(
+    path: Path, filters: Any = None, columns: Sequence[str] | None = None
+) -> pd.DataFrame:
+    """Return a feature table (or the rows ``filters`` keeps, pyarrow DNF; ``columns``) as a frame.
 
     The same frame as ``pd.read_parquet``, built column by column: each Arrow column is freed
     once converted and pandas skips its consolidation copy. At a million customers the
@@ -251,7 +253,7 @@ def read_feature_table(path: Path, filters: Any = None) -> pd.DataFrame:
     The frame keeps one block per column: select the columns you need before adding one, or
     pandas copies the whole table and warns that it is fragmented.
     """
-    table = pq.read_table(path, filters=filters)
+    table = pq.read_table(path, filters=filters, columns=None if columns is None else list(columns))
     return table.to_pandas(split_blocks=True, self_destruct=True)
 
 

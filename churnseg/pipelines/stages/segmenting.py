@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import mlflow
 import pandas as pd
+import pyarrow.parquet as pq
 from sklearn.pipeline import Pipeline
 
 from churnseg.features.snapshots import (
@@ -46,6 +48,7 @@ class SegmentationOutcome:
 
 # Plain-unit columns shown in segment profiles beside the clustering inputs.
 PROFILE_COLUMNS = ("recency_days", "frequency", "monetary_total", "monetary_mean", "tenure_days")
+ID, LABEL = "customer_id", "churned"
 
 
 def segment_names(model_name: str, version: int) -> dict[int, str]:
@@ -60,6 +63,40 @@ def segmentation_inputs(config: Config, frame: pd.DataFrame) -> list[str]:
     if features == "auto":
         return seg_model.default_inputs(frame, config.classification.trend_window_days)
     return list(features)
+
+
+def segmentation_frame(
+    config: Config, path: Path, champion: Pipeline | None = None
+) -> tuple[pd.DataFrame, list[str]]:
+    """Return the feature table at ``path`` as segmentation needs it, and the clustering inputs.
+
+    Only the columns the stage uses are read (at five million customers the whole scoring table
+    is about 4 GB): the ids and cutoff, the clustering inputs (a derived one's source columns),
+    the ``champion``'s inputs (to match segments in its space) and the profile columns. A
+    customers-only table, whose inputs are chosen from the attributes' values
+    (``segmentation_inputs``), is read whole, as is any table when the champion does not say
+    what it reads.
+    """
+    names = pq.read_schema(path).names
+    features = config.segmentation.features
+    if features == "auto":
+        inputs = seg_model.behaviour_inputs(names, config.classification.trend_window_days)
+    else:
+        inputs = list(features)
+    matched = [] if champion is None else seg_model.pipeline_inputs(champion)
+    if not inputs or matched is None:
+        frame = read_feature_table(path)
+        return frame, segmentation_inputs(config, frame)
+    wanted = [
+        ID,
+        SNAPSHOT,
+        *seg_model.input_columns(inputs),
+        *seg_model.input_columns(matched),
+        *PROFILE_COLUMNS,  # monetary_total among them: the value of the revenue share
+    ]
+    # A configured input the table lacks still fails where it did: when the pipeline fits.
+    columns = [c for c in dict.fromkeys(wanted) if c in names]
+    return read_feature_table(path, columns=columns), inputs
 
 
 def segmentation_pipeline_from_config(config: Config, features: list[str]) -> Pipeline:
@@ -91,8 +128,9 @@ def segmentation_stage(config: Config, paths: RunPaths, run_id: str = "") -> Seg
     """
     s = config.segmentation
     model_name = config.mlflow.segmentation_model
-    frame = read_feature_table(paths.features / "scoring.parquet")
-    inputs = segmentation_inputs(config, frame)
+    previous = find_champion(model_name)
+    champion = load_version(model_name, previous) if previous is not None else None
+    frame, inputs = segmentation_frame(config, paths.features / "scoring.parquet", champion)
     candidates = max(min(s.k_max, len(frame) - 1) - s.k_min + 1, 0)
     with progress.stage("segmentation: trying k", candidates) as step:
         pipeline = segmentation_pipeline_from_config(config, inputs).fit(
@@ -100,9 +138,7 @@ def segmentation_stage(config: Config, paths: RunPaths, run_id: str = "") -> Seg
         )
     km = pipeline[-1]
     match, keep = None, {}
-    previous = find_champion(model_name)
-    if previous is not None:
-        champion = load_version(model_name, previous)
+    if previous is not None and champion is not None:
         match = seg_model.match_segments(pipeline, champion, frame, s.match_max_distance)
         km.relabel(match.ids)
         old_names = segment_names(model_name, previous)
@@ -114,10 +150,14 @@ def segmentation_stage(config: Config, paths: RunPaths, run_id: str = "") -> Seg
     names = seg_model.name_segments(profiles, inputs, rules, keep=keep)
     profiles.insert(1, "segment_name", profiles.segment_id.map(names))
 
-    validation = read_feature_table(paths.features / "validation.parquet")
-    # Narrow frames: adding a column to a whole feature table copies it (and warns, since
+    validation_file = paths.features / "validation.parquet"
+    wanted = [ID, LABEL, *seg_model.input_columns(inputs)]
+    validation = read_feature_table(
+        validation_file, columns=[c for c in wanted if c in pq.read_schema(validation_file).names]
+    )
+    # Narrow frames: adding a column to a feature table copies it (and warns, since
     # read_feature_table gives one block per column).
-    before = validation[["customer_id", "churned"]].assign(segment_id=pipeline.predict(validation))
+    before = validation[[ID, LABEL]].assign(segment_id=pipeline.predict(validation))
     churn_rate = before.groupby("segment_id")["churned"].mean()
     profiles["churn_rate"] = profiles.segment_id.map(churn_rate)
     after = frame[["customer_id"]].assign(segment_id=segments)
