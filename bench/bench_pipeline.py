@@ -17,8 +17,10 @@ Reference figures from the same run, on the same data and matrices:
 With ``--end-to-end`` the retrain flow (what ``churnseg run`` runs: every stage above plus
 Prefect and MLflow bookkeeping) also runs in one process, the figure the targets are about.
 
-Targets at 1M customers (issue 10): retrain + score + publish <= 10 min and <= 6 GB peak;
-score + publish <= 2 min; cost growing no worse than linearly from 100k to 1M.
+Targets (issue 21), printed next to each figure they concern: at 1M customers extract + clean
+<= 40 s, features <= 60 s, the retrain flow <= 300 s and 5 GB peak, the score flow <= 45 s; at
+5M the retrain and score flows together <= 30 min, each <= 12 GB peak; no stage's time growing
+faster than the customer count (the scaling lines at the end).
 
 Example: python bench/bench_pipeline.py --sizes 100000 1000000 --end-to-end
 """
@@ -54,8 +56,13 @@ def _load() -> str:
     return " ".join(f"{v:.1f}" for v in os.getloadavg())
 
 
-def bench_environ(work: Path, sample_dir: Path, customers: int, pg: bool) -> dict[str, str]:
-    """Return the ``CHURNSEG__`` overrides of one benchmark run (default config otherwise)."""
+def bench_environ(
+    work: Path, sample_dir: Path, customers: int, pg: bool, memory_limit: str | None = None
+) -> dict[str, str]:
+    """Return the ``CHURNSEG__`` overrides of one benchmark run (default config otherwise).
+
+    ``memory_limit``: ``engine.duckdb_memory_limit`` (DuckDB spills beyond it).
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHURNSEG__")}
     # Every table the sample writes, the allocation's owners and assignments included.
     tables = ("customers", "transactions", "events", "subscriptions", "owners", "assignments")
@@ -70,6 +77,8 @@ def bench_environ(work: Path, sample_dir: Path, customers: int, pg: bool) -> dic
         "CHURNSEG__MLFLOW__ARTIFACT_LOCATION": str(work / "mlartifacts"),
         "CHURNSEG__PUBLISH__URL": PG_URL if pg else f"sqlite:///{work / 'scores.db'}",
     }
+    if memory_limit:
+        env["CHURNSEG__ENGINE__DUCKDB_MEMORY_LIMIT"] = memory_limit
     if pg:  # its own tables, so a benchmark never touches a real deployment's
         env |= {
             "CHURNSEG__PUBLISH__TABLE": "bench_customer_scores",
@@ -293,9 +302,35 @@ def postgres_reachable() -> bool:
     return True
 
 
-def _fmt(stage: str, r: dict[str, Any]) -> str:
+# Issue 21's targets per customer count: stage or flow -> (seconds, peak MB), None = no target.
+TARGETS: dict[int, dict[str, tuple[float | None, float | None]]] = {
+    1_000_000: {
+        "extract+clean": (40, None),
+        "features": (60, None),
+        "flow-retrain": (300, 5_000),
+        "flow-score": (45, None),
+    },
+    5_000_000: {"flow-retrain": (None, 12_000), "flow-score": (None, 12_000)},
+}
+# At 5M: the retrain and score flows together.
+FLOWS_TOTAL_TARGET = {5_000_000: 30 * 60.0}
+
+
+def _target(n: int, stage: str, r: dict[str, Any]) -> str:
+    """Return the stage's targets at ``n`` customers and whether it met them ('' without)."""
+    seconds, mb = TARGETS.get(n, {}).get(stage, (None, None))
+    parts = []
+    if seconds is not None:
+        parts.append(f"<= {seconds:.0f} s {'met' if r['seconds'] <= seconds else 'MISSED'}")
+    if mb is not None:
+        parts.append(f"<= {mb:,.0f} MB {'met' if r['peak_rss_mb'] <= mb else 'MISSED'}")
+    return f"  [target {', '.join(parts)}]" if parts else ""
+
+
+def _fmt(stage: str, r: dict[str, Any], n: int = 0, key: str = "") -> str:
     extra = {k: v for k, v in r.items() if k not in ("seconds", "peak_rss_mb")}
-    return f"  {stage:<18} {r['seconds']:8.1f} s  {r['peak_rss_mb']:8,.0f} MB  {extra}"
+    target = _target(n, key or stage, r)
+    return f"  {stage:<18} {r['seconds']:8.1f} s  {r['peak_rss_mb']:8,.0f} MB{target}  {extra}"
 
 
 def bench_size(n: int, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
@@ -314,7 +349,8 @@ def bench_size(n: int, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         # --keep: the run folder and MLflow store stay for profiling a stage afterwards.
         work = args.keep / str(n) if args.keep else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        env = bench_environ(work, sample, n, pg=False)
+        limit = args.duckdb_memory_limit
+        env = bench_environ(work, sample, n, pg=False, memory_limit=limit)
         run_id = new_run(env)
         folder = str(work / "runs" / "bench")
         print(f"  {'stage':<18} {'wall':>10}  {'peak RSS':>11}")
@@ -322,10 +358,12 @@ def bench_size(n: int, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
             if stage == "publish-postgres" and not pg:
                 continue
             stage_env = (
-                bench_environ(work, sample, n, pg=True) if stage == "publish-postgres" else env
+                bench_environ(work, sample, n, pg=True, memory_limit=limit)
+                if stage == "publish-postgres"
+                else env
             )
             results[stage] = in_fresh_process(run_stage, stage, stage_env, folder, run_id)
-            print(_fmt(stage, results[stage]), flush=True)
+            print(_fmt(stage, results[stage], n), flush=True)
         total = sum(r["seconds"] for r in results.values() if "publish-postgres" not in r)
         print(f"  {'sum of stages':<18} {total:8.1f} s  (publish-postgres excluded)")
         if args.references:
@@ -357,17 +395,28 @@ def bench_size(n: int, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
                     f"fit: {ratio:.1f}x"
                 )
         if args.end_to_end:
-            e2e_env = bench_environ(work / "e2e", sample, n, pg=False)
+            e2e_env = bench_environ(work / "e2e", sample, n, pg=False, memory_limit=limit)
             (work / "e2e").mkdir()
             results["flow-retrain"] = in_fresh_process(run_flow, "retrain", e2e_env, "")
-            print(_fmt("retrain flow", results["flow-retrain"]) + "  (= churnseg run)")
+            print(
+                _fmt("retrain flow", results["flow-retrain"], n, "flow-retrain")
+                + "  (= churnseg run)",
+                flush=True,
+            )
             results["flow-score"] = in_fresh_process(
                 run_flow,
                 "score",
                 e2e_env,
                 str(work / "runs" / "bench" / "features" / "scoring.parquet"),
             )
-            print(_fmt("score flow", results["flow-score"]) + "  (score + publish, features built)")
+            print(
+                _fmt("score flow", results["flow-score"], n, "flow-score")
+                + "  (score + publish, features built)"
+            )
+            both = results["flow-retrain"]["seconds"] + results["flow-score"]["seconds"]
+            allowed = FLOWS_TOTAL_TARGET.get(n)
+            verdict = f"  [target <= {allowed:.0f} s {'met' if both <= allowed else 'MISSED'}]"
+            print(f"  {'both flows':<18} {both:8.1f} s{verdict if allowed else ''}")
     return results
 
 
@@ -388,6 +437,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--end-to-end", action="store_true", help="also time the whole flows")
     parser.add_argument("--json", type=Path, help="write every figure here")
     parser.add_argument(
+        "--duckdb-memory-limit",
+        help="engine.duckdb_memory_limit for every stage and flow (e.g. 8GB; default: DuckDB's)",
+    )
+    parser.add_argument(
         "--cache", type=Path, default=Path(tempfile.gettempdir()) / "churnseg_bench"
     )
     parser.add_argument(
@@ -403,7 +456,8 @@ def main(argv: list[str] | None = None) -> int:
             if stage in report[small]:
                 t = r["seconds"] / report[small][stage]["seconds"]
                 m = r["peak_rss_mb"] / report[small][stage]["peak_rss_mb"]
-                print(f"  {stage:<18} time {t:5.1f}x  peak memory {m:5.1f}x")
+                linear = "linear or better" if t <= large / small else "WORSE than linear"
+                print(f"  {stage:<18} time {t:5.1f}x ({linear})  peak memory {m:5.1f}x")
     if args.json:
         args.json.write_text(json.dumps({str(k): v for k, v in report.items()}, indent=2))
     return 0
