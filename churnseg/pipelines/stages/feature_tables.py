@@ -245,7 +245,10 @@ def hold_out_customers(labelled: Path, validation: Path, share: float) -> tuple[
 def read_feature_table(
     path: Path, filters: Any = None, columns: Sequence[str] | None = None
 ) -> pd.DataFrame:
-    """Return a feature table (or the rows ``filters`` keeps, pyarrow DNF; ``columns``) as a frame.
+    """Return a feature table as a DataFrame, optionally only some rows and columns.
+
+    ``filters`` keeps rows (pyarrow DNF) and ``columns`` names the columns read; both default
+    to all.
 
     The same frame as ``pd.read_parquet``, built column by column: each Arrow column is freed
     once converted and pandas skips its consolidation copy. At a million customers the
