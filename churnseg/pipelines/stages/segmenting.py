@@ -11,9 +11,11 @@ import pandas as pd
 import pyarrow.parquet as pq
 from sklearn.pipeline import Pipeline
 
+from churnseg.features.labels import LABEL
 from churnseg.features.snapshots import (
     SNAPSHOT,
 )
+from churnseg.features.tables import CUSTOMER
 from churnseg.models import segmentation as seg_model
 from churnseg.models.plots import k_selection_figure
 from churnseg.models.registry import (
@@ -48,7 +50,6 @@ class SegmentationOutcome:
 
 # Plain-unit columns shown in segment profiles beside the clustering inputs.
 PROFILE_COLUMNS = ("recency_days", "frequency", "monetary_total", "monetary_mean", "tenure_days")
-ID, LABEL = "customer_id", "churned"
 
 
 def segment_names(model_name: str, version: int) -> dict[int, str]:
@@ -88,7 +89,7 @@ def segmentation_frame(
         frame = read_feature_table(path)
         return frame, segmentation_inputs(config, frame)
     wanted = [
-        ID,
+        CUSTOMER,
         SNAPSHOT,
         *seg_model.input_columns(inputs),
         *seg_model.input_columns(matched),
@@ -151,13 +152,13 @@ def segmentation_stage(config: Config, paths: RunPaths, run_id: str = "") -> Seg
     profiles.insert(1, "segment_name", profiles.segment_id.map(names))
 
     validation_file = paths.features / "validation.parquet"
-    wanted = [ID, LABEL, *seg_model.input_columns(inputs)]
+    wanted = [CUSTOMER, LABEL, *seg_model.input_columns(inputs)]
     validation = read_feature_table(
         validation_file, columns=[c for c in wanted if c in pq.read_schema(validation_file).names]
     )
     # Narrow frames: adding a column to a feature table copies it (and warns, since
     # read_feature_table gives one block per column).
-    before = validation[[ID, LABEL]].assign(segment_id=pipeline.predict(validation))
+    before = validation[[CUSTOMER, LABEL]].assign(segment_id=pipeline.predict(validation))
     churn_rate = before.groupby("segment_id")["churned"].mean()
     profiles["churn_rate"] = profiles.segment_id.map(churn_rate)
     after = frame[["customer_id"]].assign(segment_id=segments)
