@@ -8,7 +8,7 @@ missing.
 from __future__ import annotations
 
 import shutil
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 
 from churnseg.features.build import build_features
+from churnseg.features.history import prepare_history
 from churnseg.features.snapshots import build_training_set
 from churnseg.pipelines.config import FeatureConfig
 from churnseg.pipelines.sample import SampleSpec, generate_sample
@@ -85,3 +86,10 @@ def test_generated_sample_gives_the_same_features_on_spark(tmp_path: Path, spark
     )
     assert len(out) > 50 and out.frequency.sum() > 100, "a real population with real orders"
     assert out.sub_active.sum() > 0 and out.events_login_365d.sum() > 0
+    # The history a retrain prepares once (orders, purchase days with gaps) on Spark too.
+    history = prepare_history(sparked["transactions"], as_of + timedelta(days=91))
+    same(
+        build_features(duck, as_of, config),
+        build_features(sparked, as_of, config, history=history),
+        ["customer_id"],
+    )

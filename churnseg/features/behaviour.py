@@ -230,14 +230,25 @@ def order_features(
     return Family(table, fill)
 
 
-def purchase_day_features(
-    transactions: ir.Table, as_of: date | datetime, period_days: int
-) -> Family:
-    """Return gaps between purchase days and the BTYD summary, from purchase lines.
+def purchase_days(transactions: ir.Table, as_of: date | datetime) -> ir.Table:
+    """Return one row per customer and purchase day before ``as_of``, for ``purchase_day_features``.
 
-    A purchase day is a day with a purchase (non-return) line; its value is the gross purchase
-    value of those lines (returns are in ``return_rate``, and the spend model needs positive
-    values). Days are counted back from the cutoff: day 0 is the 24 hours before ``as_of``.
+    A purchase day is a day with a purchase (non-return) line; its ``value`` is the gross
+    purchase value of those lines (exact). ``day`` counts back from the cutoff: day 0 is the 24
+    hours before ``as_of``. ``gap`` is the days back to the customer's previous (older) purchase
+    day (null for the first) and ``first_day`` the ``day`` of their first purchase day.
+    """
+    p = lines_before(transactions, as_of, lambda t: ~is_return(t))
+    day = days_before(p.timestamp, as_of).floor().cast("int64")
+    value = p.amount.cast(MONEY).sum().cast(MONEY)
+    days = p.mutate(day=day).group_by([CUSTOMER, "day"]).aggregate(value=value)
+    # Oldest day first: lag() is the previous purchase day, first() the first purchase day.
+    w = ibis.window(group_by=days[CUSTOMER], order_by=ibis.desc(days.day))
+    return days.mutate(gap=days.day.lag().over(w) - days.day, first_day=days.day.first().over(w))
+
+
+def purchase_day_features(days: ir.Table, period_days: int) -> Family:
+    """Return gaps between purchase days and the BTYD summary, from ``purchase_days`` rows.
 
     Gap columns (null with fewer purchase days than they need): ``gap_mean_days`` (mean days
     between consecutive purchase days), ``gap_std_days`` (their sample standard deviation),
@@ -251,19 +262,16 @@ def purchase_day_features(
     = periods from the first purchase period to the last period before the cutoff (the
     ``lifetimes`` summary with ``observation_period_end`` one period before ``as_of``);
     ``btyd_monetary_value`` = mean purchase value of the repeat periods (0 without any).
+
+    Args:
+        days: ``purchase_days`` of one cutoff, or ``history.PurchaseHistory.purchase_days``.
+        period_days: BTYD period length.
     """
-    p = lines_before(transactions, as_of, lambda t: ~is_return(t))
-    day = days_before(p.timestamp, as_of).floor().cast("int64")
-    value = p.amount.cast(MONEY).sum().cast(MONEY)
-    days = p.mutate(day=day).group_by([CUSTOMER, "day"]).aggregate(value=value)
-    # Oldest day first: lag() is the previous purchase day, first() the first purchase day.
-    w = ibis.window(group_by=days[CUSTOMER], order_by=ibis.desc(days.day))
-    older = days.day.lag().over(w)
-    first_day = days.day.first().over(w)
     period = (days.day / period_days).floor()
-    new_period = older.isnull() | ((older / period_days).floor() != period)
-    in_first = period == (first_day / period_days).floor()
-    d = days.mutate(gap=older - days.day, new_period=new_period, in_first=in_first)
+    older = days.day + days.gap
+    new_period = days.gap.isnull() | ((older / period_days).floor() != period)
+    in_first = period == (days.first_day / period_days).floor()
+    d = days.mutate(new_period=new_period, in_first=in_first)
     j = d.group_by(CUSTOMER).aggregate(
         n_days=d.count(),
         gap_sum=d.gap.sum(),

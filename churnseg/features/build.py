@@ -21,6 +21,7 @@ from churnseg.features.behaviour import (
     orders_before,
     overdue_columns,
     purchase_day_features,
+    purchase_days,
 )
 from churnseg.features.cleaning import DataContractError
 from churnseg.features.events import event_features, events_before
@@ -39,6 +40,7 @@ from churnseg.features.tables import (
 from churnseg.features.timeutil import days_before
 
 if TYPE_CHECKING:
+    from churnseg.features.history import PreparedHistory
     from churnseg.features.settings import FeatureConfig
 
 TENURE = "tenure_days"
@@ -93,6 +95,7 @@ def build_features(
     config: FeatureConfig,
     seen: ir.Table | None = None,
     undated_known: bool = False,
+    history: PreparedHistory | None = None,
 ) -> ir.Table:
     """Return one row per customer known at ``as_of`` with every feature, from data before it.
 
@@ -110,6 +113,9 @@ def build_features(
         undated_known: Also keep customers-table rows without a signup date or any activity
             (the scoring snapshot: every customer on the books gets a score). Label mode
             ``column`` keeps them at every cutoff.
+        history: The transactions' orders and purchase days prepared once for several
+            cutoffs (``history.prepare_history``); used when it serves ``as_of``, for the
+            same table faster.
 
     Returns:
         ``customer_id``, ``tenure_days`` (days since known: the earliest of signup and first
@@ -128,10 +134,13 @@ def build_features(
     families = []
     if "transactions" in t:
         tx = t["transactions"]
-        orders = orders_before(tx, as_of)
+        if history is not None and history.serves(as_of):
+            orders, days = history.orders_before(as_of), history.purchase_days(as_of)
+        else:
+            orders, days = orders_before(tx, as_of), purchase_days(tx, as_of)
         slope = (config.slope_bucket_days, config.slope_buckets)
         families.append(order_features(orders, as_of, windows, *slope))
-        families.append(purchase_day_features(tx, as_of, config.btyd_period_days))
+        families.append(purchase_day_features(days, config.btyd_period_days))
         channels = list(config.channels or [])
         families.append(mix_features(tx, as_of, channels, slugs("channels", channels)))
     if "events" in t:

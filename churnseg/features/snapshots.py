@@ -17,6 +17,7 @@ from churnseg.features.tables import checked_tables
 from churnseg.features.timeutil import cutoff_datetime
 
 if TYPE_CHECKING:
+    from churnseg.features.history import PreparedHistory
     from churnseg.features.settings import FeatureConfig
 
 SNAPSHOT = "snapshot_date"
@@ -132,13 +133,15 @@ def labelled_snapshot(
     config: FeatureConfig,
     horizon_days: int,
     seen: ir.Table | None = None,
+    history: PreparedHistory | None = None,
 ) -> ir.Table:
     """Return features as of ``as_of`` with ``churned`` and ``snapshot_date``.
 
-    Customers the label mode does not consider at risk (null label) are left out.
+    Customers the label mode does not consider at risk (null label) are left out. ``seen`` and
+    ``history`` as in ``build.build_features``.
     """
     t = checked_tables(tables)
-    features = build_features(t, as_of, config, seen)
+    features = build_features(t, as_of, config, seen, history=history)
     labelled = label_rule(t, as_of, config, horizon_days).attach(features)
     labelled = labelled.filter(labelled[LABEL].notnull())
     return labelled.mutate(**{SNAPSHOT: snapshot_literal(as_of)})
@@ -150,6 +153,7 @@ def scoring_snapshot(
     config: FeatureConfig,
     horizon_days: int,
     seen: ir.Table | None = None,
+    history: PreparedHistory | None = None,
 ) -> ir.Table:
     """Return every customer known at ``as_of`` with features, ``at_risk`` and ``snapshot_date``.
 
@@ -158,7 +162,7 @@ def scoring_snapshot(
     it); the label itself is unknown. Customers on the books without any date are included.
     """
     t = checked_tables(tables)
-    features = build_features(t, as_of, config, seen, undated_known=True)
+    features = build_features(t, as_of, config, seen, undated_known=True, history=history)
     flagged = label_rule(t, as_of, config, horizon_days).attach_at_risk(features)
     return flagged.mutate(**{SNAPSHOT: snapshot_literal(as_of)})
 
@@ -169,6 +173,7 @@ def training_snapshots(
     config: FeatureConfig,
     horizon_days: int,
     seen: ir.Table | None = None,
+    history: PreparedHistory | None = None,
 ) -> list[ir.Table]:
     """Return one labelled snapshot per cutoff, oldest first, with the same columns.
 
@@ -181,7 +186,7 @@ def training_snapshots(
     t = checked_tables(tables)
     config = resolve_levels(t, max(cutoff_datetime(c) for c in cutoffs), config)
     ordered = sorted(cutoffs, key=cutoff_datetime)
-    return [labelled_snapshot(t, c, config, horizon_days, seen) for c in ordered]
+    return [labelled_snapshot(t, c, config, horizon_days, seen, history) for c in ordered]
 
 
 def build_training_set(

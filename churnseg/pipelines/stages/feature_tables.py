@@ -29,6 +29,7 @@ from churnseg.features.btyd import (
 )
 from churnseg.features.build import resolve_levels
 from churnseg.features.cleaning import DataContractError
+from churnseg.features.history import PreparedHistory, prepare_history
 from churnseg.features.snapshots import (
     SNAPSHOT,
     CutoffPlan,
@@ -260,6 +261,32 @@ def read_feature_table(
     return table.to_pandas(split_blocks=True, self_destruct=True)
 
 
+HISTORY_PREFIX = "history."
+
+
+def materialised_history(
+    engine: FeatureEngine, transactions: ir.Table, latest: date, folder: Path
+) -> PreparedHistory:
+    """Return the transactions' prepared history up to ``latest``, written once to ``folder``.
+
+    Its tables land as ``history.<table>.parquet`` files (removed by ``drop_history``); every
+    snapshot of the build then reads them instead of grouping all transaction lines again.
+    """
+
+    def written(name: str, table: ir.Table) -> ir.Table:
+        path = folder / f"{HISTORY_PREFIX}{name}.parquet"
+        engine.write_parquet(table, path)
+        return engine.read_parquet(path)
+
+    return prepare_history(transactions, latest, written)
+
+
+def drop_history(folder: Path) -> None:
+    """Remove the prepared-history files ``materialised_history`` wrote to ``folder``."""
+    for path in folder.glob(f"{HISTORY_PREFIX}*.parquet"):
+        path.unlink()
+
+
 BUILD_SUFFIX = ".build.json"
 
 
@@ -338,22 +365,35 @@ def feature_stage(
         h = plan.horizon_days
         # Snapshots, oldest first; each is one query, so a build holds one snapshot's state.
         warm = engine.con if isinstance(engine.con, WarmDuckDB) else None
+        history = None
+        cutoffs = _built_cutoffs(plan, only)
+        if "transactions" in tables and len(cutoffs) > 1:
+            # Orders and purchase days grouped once for every snapshot (same rows, tested).
+            opened.callback(drop_history, paths.features)
+            history = materialised_history(
+                engine, tables["transactions"], max(cutoffs), paths.features
+            )
         builders: dict[str, Callable[[], Sequence[tuple[date, ir.Table | None]]]] = {
             "train": lambda: list(
                 zip(
                     sorted(plan.training),
-                    training_snapshots(tables, plan.training, settings, h, seen),
+                    training_snapshots(tables, plan.training, settings, h, seen, history),
                     strict=True,
                 )
             ),
             "validation": lambda: [
-                (plan.validation, labelled_snapshot(tables, plan.validation, settings, h, seen))
+                (
+                    plan.validation,
+                    labelled_snapshot(tables, plan.validation, settings, h, seen, history),
+                )
             ],
             # On a warm connection the scoring query is filled in from its template below.
             "scoring": lambda: [
                 (
                     plan.scoring,
-                    None if warm else scoring_snapshot(tables, plan.scoring, settings, h, seen),
+                    None
+                    if warm
+                    else scoring_snapshot(tables, plan.scoring, settings, h, seen, history),
                 )
             ],
         }
@@ -406,6 +446,16 @@ def feature_stage(
             config, plan, settings, levels_from, counts, params, [*plan.notes, *skipped]
         )
     return counts
+
+
+def _built_cutoffs(plan: CutoffPlan, only: tuple[str, ...]) -> list[date]:
+    """Return the distinct cutoffs a build of the ``only`` tables computes snapshots at."""
+    cutoffs = set(plan.training) if "train" in only else set()
+    if "validation" in only and plan.split == "time":
+        cutoffs.add(plan.validation)
+    if "scoring" in only:
+        cutoffs.add(plan.scoring)
+    return sorted(cutoffs)
 
 
 def _scoring_key(
