@@ -5,12 +5,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import date, datetime
 
+import ibis.expr.datatypes as dt
 import ibis.expr.types as ir
 
 from churnseg.features.behaviour import MONEY
 from churnseg.features.contract import EVENTS
 from churnseg.features.tables import CUSTOMER, SINCE_KNOWN, Family, Fill, complete_columns
 from churnseg.features.timeutil import cutoff_literal, days_before
+
+COUNT = dt.Decimal(18, 0)
 
 
 def events_before(events: ir.Table, as_of: date | datetime) -> ir.Table:
@@ -47,28 +50,32 @@ def event_features(
         per_type[f"value_{w}"] = e.value.cast(MONEY).sum(where=age <= w).cast(MONEY)
     g = e.group_by([CUSTOMER, "event_type"]).aggregate(**per_type)
 
-    # One row per (customer, type) is pivoted to columns with filtered aggregates.
-    pivot: dict[str, ir.Value] = {}
-    for t in event_types:
-        s, is_t = type_slugs[t], g.event_type == t
-        for w in windows:
-            pivot[f"events_{s}_{w}d"] = g[f"n_{w}"].max(where=is_t)
-            pivot[f"_prev_{s}_{w}"] = g[f"prev_{w}"].max(where=is_t)
-            pivot[f"events_{s}_value_{w}d"] = g[f"value_{w}"].max(where=is_t)
-        pivot[f"days_since_{s}"] = g["last"].min(where=is_t)
     # Every type together, listed or not: how active the customer is at all.
-    pivot["_all_last"] = g["last"].min()
+    every: dict[str, ir.Value] = {"_all_last": g["last"].min()}
     for w in windows:
-        pivot[f"_all_{w}"] = g[f"n_{w}"].sum()
-        pivot[f"_all_prev_{w}"] = g[f"prev_{w}"].sum()
-    j = g.group_by(CUSTOMER).aggregate(**pivot)
+        # Summed as decimals, for the reason ``mix`` sums units so: an integer sum would be
+        # written as DOUBLE, and every snapshot file rewritten to bring it back to int64.
+        every[f"_all_{w}"] = g[f"n_{w}"].cast(COUNT).sum()
+        every[f"_all_prev_{w}"] = g[f"prev_{w}"].cast(COUNT).sum()
+    j = g.group_by(CUSTOMER).aggregate(**every)
+    # Each listed type's rows (one per customer at most) join as its columns. Joins, not one
+    # aggregate of max(...) FILTER (type = t) per column: at 1M customers with 4 types that
+    # aggregate took 4.6 s of CPU per snapshot, the joins about a third of it.
+    for t in event_types:
+        s, mine = type_slugs[t], g.filter(g.event_type == t)
+        renamed = {f"days_since_{s}": mine["last"]}
+        for w in windows:
+            renamed[f"events_{s}_{w}d"] = mine[f"n_{w}"]
+            renamed[f"_prev_{s}_{w}"] = mine[f"prev_{w}"]
+            renamed[f"events_{s}_value_{w}d"] = mine[f"value_{w}"]
+        j = j.left_join(mine.select(CUSTOMER, **renamed), CUSTOMER).drop(f"{CUSTOMER}_right")
 
     columns: dict[str, ir.Value] = {"days_since_event": j["_all_last"]}
     fill: dict[str, Fill] = {"days_since_event": SINCE_KNOWN}
     for w in windows:
-        n = j[f"_all_{w}"].fill_null(0)
-        prev = j[f"_all_prev_{w}"].fill_null(0)
-        columns[f"events_{w}d"] = n.cast("int64")
+        n = j[f"_all_{w}"].cast("int64").fill_null(0)
+        prev = j[f"_all_prev_{w}"].cast("int64").fill_null(0)
+        columns[f"events_{w}d"] = n
         columns[f"events_trend_{w}d"] = ((n + 1) / (prev + 1)).cast("float64")
         fill[f"events_{w}d"] = 0
         fill[f"events_trend_{w}d"] = 1.0
