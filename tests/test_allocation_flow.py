@@ -137,6 +137,21 @@ def test_the_score_flow_publishes_an_owner_for_every_scored_customer_within_capa
         assert list(pair["value_at_risk"]) == sorted(pair["value_at_risk"], reverse=True)
 
 
+def test_scoring_a_given_table_outside_its_run_folder_fails_before_scoring(
+    allocated: tuple[Path, dict[str, object]],
+) -> None:
+    """Allocation reads the owners the building run cleaned: without its folder, say so first."""
+    from churnseg.pipelines.flows import score_flow
+    from churnseg.pipelines.stages.allocating import AllocationUnavailableError
+
+    path, summary = allocated
+    features = Path(str(summary["run_folder"])) / "features" / "scoring.parquet"
+    runs = read(path, "SELECT count(*) AS n FROM pipeline_runs")["n"].iloc[0]
+    with pytest.raises(AllocationUnavailableError, match="pass its run_folder"):
+        score_flow(config_path=str(path), features_path=str(features))
+    assert read(path, "SELECT count(*) AS n FROM pipeline_runs")["n"].iloc[0] == runs, "no run"
+
+
 def test_assign_moves_the_customers_of_an_owner_who_left_and_keeps_the_rest(
     allocated: tuple[Path, dict[str, object]], small_sample: Path, tmp_path: Path
 ) -> None:

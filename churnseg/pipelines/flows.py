@@ -158,6 +158,8 @@ def score_flow(
     config = load_config(config_path)
     stages.configure_mlflow(config)
     paths = RunPaths(Path(run_folder)) if run_folder else stages.run_paths(config, _run_key())
+    if features_path is not None and config.allocation.enabled:
+        _check_owners_cleaned(paths)
     runner = StageRunner(paths, fingerprint, fresh)
     nested = mlflow.active_run() is not None
     target = target_from_config(config)
@@ -214,6 +216,22 @@ def score_flow(
         resumed_stages=runner.reused,
     )
     return summary
+
+
+def _check_owners_cleaned(paths: RunPaths) -> None:
+    """Fail before scoring when allocation will find no clean owners in the run folder.
+
+    Scoring a given feature table does not extract or clean anything, so allocation reads the
+    owners the run that built the table cleaned: that run's folder must be the one passed.
+    """
+    from churnseg.pipelines.stages.allocating import AllocationUnavailableError
+
+    if not (paths.clean / "owners.parquet").exists():
+        raise AllocationUnavailableError(
+            f"table 'owners': no clean owners in the run folder {paths.root}; scoring a given "
+            "feature table allocates from the folder that built it: pass its run_folder, or "
+            "set allocation.enabled: false"
+        )
 
 
 def _at_risk_count(scores: Path) -> int:
