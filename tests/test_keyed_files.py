@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pandas as pd
@@ -142,11 +144,49 @@ def test_database_sources_are_read_from_the_database(files: Config, tmp_path: Pa
     assert keyed.extract(tmp_path / "out", ["C2"]) == {"customers": 1, "transactions": 2}
     assert sorted(p.name for p in (tmp_path / "state" / "keyed").iterdir()) == ["transactions"]
     # The database's connection pool stays open for the next rescore, and closes with it.
-    (pool,) = keyed._engines.values()
+    (pool,) = keyed._engines.kept()
     assert keyed.extract(tmp_path / "out", ["C1"]) == {"customers": 1, "transactions": 3}
-    assert list(keyed._engines.values()) == [pool]
+    assert keyed._engines.kept() == [pool]
     keyed.close()
-    assert keyed._engines == {}
+    assert keyed._engines.kept() == []
+
+
+def test_database_reads_do_not_wait_for_each_other(
+    files: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two rescores reading a database source at once both get in: no lock held over reads."""
+    import sqlite3
+    import threading
+
+    from churnseg.pipelines import keyed_files
+
+    db = tmp_path / "src.db"
+    with sqlite3.connect(db) as con:
+        con.execute("CREATE TABLE customers (customer_id TEXT, signup_date TEXT)")
+        con.executemany(
+            "INSERT INTO customers VALUES (?, ?)", [("C1", "2023-01-01"), ("C2", "2023-02-01")]
+        )
+    sources = {
+        "customers": {"url": f"sqlite:///{db}", "table": "customers"},
+        "transactions": files.sources["transactions"].model_dump(),
+    }
+    config = Config.model_validate(
+        {"state_dir": str(tmp_path / "state"), "sample": {"enabled": False}, "sources": sources}
+    )
+    keyed = KeyedSources(config, TABLES)
+    both_reading = threading.Barrier(2, timeout=20)
+    real = keyed_files.extract_table
+
+    def meeting(*args: Any, **kwargs: Any) -> Any:
+        both_reading.wait()  # breaks (and raises) when the other read cannot start meanwhile
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(keyed_files, "extract_table", meeting)
+    with ThreadPoolExecutor(2) as pool:
+        done = list(pool.map(lambda c: keyed.extract(tmp_path / c, [c]), ["C1", "C2"]))
+    assert [d["customers"] for d in done] == [1, 1]
+    assert len(keyed._engines.kept()) == 1, "one pool for the one database"
+    keyed.close()
 
 
 def test_an_unreadable_file_is_a_source_error_and_leaves_no_partial_copy(

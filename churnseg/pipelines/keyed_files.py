@@ -33,7 +33,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-import sqlalchemy as sa
 from ibis.backends.duckdb import Backend as DuckDBBackend
 from numpy.typing import NDArray
 
@@ -41,6 +40,7 @@ from churnseg.features.cleaning import ROW
 from churnseg.pipelines.config import Config, SourceConfig
 from churnseg.pipelines.sources import (
     REJECTS_SUFFIX,
+    EnginePool,
     SourceError,
     _csv_options,
     _customer_column,
@@ -169,8 +169,8 @@ class KeyedSources:
         self._open: dict[str, KeyedFile] = {}
         self._lock = threading.Lock()
         # Database sources: their connections stay open between rescores (opening four took
-        # about 0.1 s of a run).
-        self._engines: dict[str, sa.Engine] = {}
+        # about 0.1 s of a run). The pool has its own lock: database reads run side by side.
+        self._engines = EnginePool()
 
     def refresh(self) -> None:
         """Bring the copies of every file source up to date (build those missing or stale)."""
@@ -192,10 +192,9 @@ class KeyedSources:
             for name, source in self._sources.items():
                 if source.path is None:
                     con = con if con is not None else connect_engine(self._config.engine)
-                    with self._lock:
-                        extracted = extract_table(
-                            con, name, source, self._config, out_dir, customers, self._engines
-                        )
+                    extracted = extract_table(
+                        con, name, source, self._config, out_dir, customers, self._engines
+                    )
                     copied[name] = extracted.rows
                     continue
                 (out_dir / f"{name}{REJECTS_SUFFIX}").unlink(missing_ok=True)
@@ -212,10 +211,7 @@ class KeyedSources:
 
     def close(self) -> None:
         """Close the database connections kept open (the service stops)."""
-        with self._lock:
-            engines, self._engines = list(self._engines.values()), {}
-        for engine in engines:
-            engine.dispose()
+        self._engines.close()
 
     def rows(self, name: str, source: SourceConfig, customers: Sequence[str]) -> pa.Table:
         """Return the rows of ``customers`` in file source ``name`` (source columns, ``_row``)."""

@@ -18,8 +18,9 @@ from __future__ import annotations
 import glob
 import shutil
 import tempfile
+import threading
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -285,17 +286,56 @@ def _arrow_column(values: list[Any]) -> pa.Array | None:
     return None if pa.types.is_null(array.type) else array
 
 
+class EnginePool:
+    """Database connection pools by URL, kept open across reads; safe to share between threads.
+
+    Only looking an engine up or creating it takes the lock, never a read: SQLAlchemy engines
+    are themselves thread-safe, so concurrent reads of the same database run side by side.
+    """
+
+    def __init__(self) -> None:
+        self._engines: dict[str, sa.Engine] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: str, create: Callable[[], sa.Engine]) -> sa.Engine:
+        """Return the engine kept for ``key``, created with ``create`` when there is none."""
+        with self._lock:
+            engine = self._engines.get(key)
+            if engine is None:
+                engine = self._engines[key] = create()
+            return engine
+
+    def kept(self) -> list[sa.Engine]:
+        """Return the engines kept open."""
+        with self._lock:
+            return list(self._engines.values())
+
+    def discard(self, key: str, engine: sa.Engine) -> None:
+        """Forget ``engine`` (a failed one is opened anew next time) and dispose of it."""
+        with self._lock:
+            if self._engines.get(key) is engine:
+                del self._engines[key]
+        engine.dispose()
+
+    def close(self) -> None:
+        """Dispose of every engine kept."""
+        with self._lock:
+            engines, self._engines = list(self._engines.values()), {}
+        for engine in engines:
+            engine.dispose()
+
+
 def _sql_parts(
     name: str,
     source: SourceConfig,
     config: Config,
     parts: Path,
     customers: Sequence[str] | None = None,
-    engines: dict[str, sa.Engine] | None = None,
+    engines: EnginePool | None = None,
 ) -> list[str]:
     """Stream a database table or query (the rows of ``customers``) into Parquet parts.
 
-    ``engines``: connection pools by URL kept by the caller across calls (the API's rescores);
+    ``engines``: connection pools kept by the caller across calls (the API's rescores);
     without it the connection is closed after the read.
 
     Returns:
@@ -305,16 +345,16 @@ def _sql_parts(
     shown = url.render_as_string(hide_password=True)
     where = f"table {name!r} ({shown})"
     pool_key = url.render_as_string(hide_password=False)
-    engine = engines.get(pool_key) if engines is not None else None
-    if engine is None:
+
+    def create() -> sa.Engine:
         try:
-            engine = sa.create_engine(url, pool_pre_ping=engines is not None)
+            return sa.create_engine(url, pool_pre_ping=engines is not None)
         except (sa.exc.SQLAlchemyError, ImportError) as exc:
             raise SourceError(
                 f"{where}: cannot use this URL: {_first_line(exc, url.password)}"
             ) from None
-        if engines is not None:
-            engines[pool_key] = engine
+
+    engine = engines.get(pool_key, create) if engines is not None else create()
     failed = True
     try:
         with engine.connect() as conn:
@@ -350,10 +390,10 @@ def _sql_parts(
         reason = _first_line(getattr(exc, "orig", None) or exc, url.password)
         raise SourceError(f"{where}: cannot read: {reason}") from None
     finally:
-        if engines is None or failed:  # a failed pool is opened anew next time
+        if engines is None:
             engine.dispose()
-            if engines is not None:
-                engines.pop(pool_key, None)
+        elif failed:  # a failed pool is opened anew next time
+            engines.discard(pool_key, engine)
     return columns
 
 
@@ -593,7 +633,7 @@ def extract_table(
     config: Config,
     out_dir: Path,
     customers: Sequence[str] | None = None,
-    engines: dict[str, sa.Engine] | None = None,
+    engines: EnginePool | None = None,
 ) -> Extracted:
     """Copy the source of logical table ``name`` to ``out_dir/<name>.parquet``.
 
