@@ -57,7 +57,7 @@ _EDGE_CASE = [
 ]
 
 
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @example(_EDGE_CASE)
 @given(st.lists(_LINE, min_size=1, max_size=14))
 def test_history_cuts_orders_and_purchase_days_as_the_lines_do(
@@ -92,11 +92,11 @@ def test_history_serves_only_whole_days_up_to_its_latest_cutoff() -> None:
 def test_feature_tables_from_a_prepared_history_equal_those_from_lines() -> None:
     """The whole feature table of the generator's sample, at a retrain's cutoffs, cell for cell."""
     con = ibis.duckdb.connect()
-    sample = generate_sample(SampleSpec(customers=600, seed=5, dirty_fraction=0.0))
+    sample = generate_sample(SampleSpec(customers=300, seed=5, dirty_fraction=0.0))
     names = ("customers", "transactions", "events", "subscriptions")
     tables = {n: con.create_table(n, sample[n]) for n in names}
     scoring = tables["transactions"].timestamp.max().execute().date() + timedelta(days=1)
-    cutoffs = [scoring - timedelta(days=90 * i) for i in range(5)]
+    cutoffs = [scoring - timedelta(days=90 * i) for i in range(3)]
     config = resolve_levels(tables, scoring, FeatureConfig())
     # Materialised, as the feature stage does: the point of preparing it.
     history = prepare_history(
