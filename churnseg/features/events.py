@@ -50,25 +50,25 @@ def event_features(
         per_type[f"value_{w}"] = e.value.cast(MONEY).sum(where=age <= w).cast(MONEY)
     g = e.group_by([CUSTOMER, "event_type"]).aggregate(**per_type)
 
+    # One row per (customer, type) is pivoted to columns with filtered aggregates. Per-type
+    # joins instead took a third of the CPU but 0.7 GB more DuckDB memory per 1M customers
+    # (the (customer, type) table held for every join); a struct per type, 0.3 GB more.
+    pivot: dict[str, ir.Value] = {}
+    for t in event_types:
+        s, is_t = type_slugs[t], g.event_type == t
+        for w in windows:
+            pivot[f"events_{s}_{w}d"] = g[f"n_{w}"].max(where=is_t)
+            pivot[f"_prev_{s}_{w}"] = g[f"prev_{w}"].max(where=is_t)
+            pivot[f"events_{s}_value_{w}d"] = g[f"value_{w}"].max(where=is_t)
+        pivot[f"days_since_{s}"] = g["last"].min(where=is_t)
     # Every type together, listed or not: how active the customer is at all.
-    every: dict[str, ir.Value] = {"_all_last": g["last"].min()}
+    pivot["_all_last"] = g["last"].min()
     for w in windows:
         # Summed as decimals, for the reason ``mix`` sums units so: an integer sum would be
         # written as DOUBLE, and every snapshot file rewritten to bring it back to int64.
-        every[f"_all_{w}"] = g[f"n_{w}"].cast(COUNT).sum()
-        every[f"_all_prev_{w}"] = g[f"prev_{w}"].cast(COUNT).sum()
-    j = g.group_by(CUSTOMER).aggregate(**every)
-    # Each listed type's rows (one per customer at most) join as its columns. Joins, not one
-    # aggregate of max(...) FILTER (type = t) per column: at 1M customers with 4 types that
-    # aggregate took 4.6 s of CPU per snapshot, the joins about a third of it.
-    for t in event_types:
-        s, mine = type_slugs[t], g.filter(g.event_type == t)
-        renamed = {f"days_since_{s}": mine["last"]}
-        for w in windows:
-            renamed[f"events_{s}_{w}d"] = mine[f"n_{w}"]
-            renamed[f"_prev_{s}_{w}"] = mine[f"prev_{w}"]
-            renamed[f"events_{s}_value_{w}d"] = mine[f"value_{w}"]
-        j = j.left_join(mine.select(CUSTOMER, **renamed), CUSTOMER).drop(f"{CUSTOMER}_right")
+        pivot[f"_all_{w}"] = g[f"n_{w}"].cast(COUNT).sum()
+        pivot[f"_all_prev_{w}"] = g[f"prev_{w}"].cast(COUNT).sum()
+    j = g.group_by(CUSTOMER).aggregate(**pivot)
 
     columns: dict[str, ir.Value] = {"days_since_event": j["_all_last"]}
     fill: dict[str, Fill] = {"days_since_event": SINCE_KNOWN}
