@@ -264,7 +264,7 @@ def purchase_day_features(days: ir.Table, period_days: int) -> Family:
     ``btyd_monetary_value`` = mean purchase value of the repeat periods (0 without any).
 
     Args:
-        days: ``purchase_days`` of one cutoff, or ``history.PurchaseHistory.purchase_days``.
+        days: ``purchase_days`` of one cutoff, or ``history.PreparedHistory.purchase_days``.
         period_days: BTYD period length.
     """
     period = (days.day / period_days).floor()

@@ -318,7 +318,9 @@ def feature_stage(
     file either way. Channels and event types are resolved once at the scoring cutoff so the
     three tables share columns; a build without the training table (the score and monitor
     flows) takes them from the champion churn model's training run instead, so scoring gives
-    the columns the champion expects. BG/NBD and Gamma-Gamma are fitted on each snapshot's own
+    the columns the champion expects. A build of several cutoffs groups the transaction lines
+    into orders and purchase days once (``materialised_history``) and cuts that per snapshot,
+    with the same result. BG/NBD and Gamma-Gamma are fitted on each snapshot's own
     history and add their predictions; next to each table, ``<table>.build.json`` keeps the
     parameters its newest snapshot was predicted with and the attribute kinds (``build_file``).
 
