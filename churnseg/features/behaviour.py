@@ -56,6 +56,31 @@ def lines_before(
     return t.filter(before if where is None else before & where(t))
 
 
+def order_totals(lines: ir.Table) -> dict[str, ir.Value]:
+    """Return the aggregates that make an order of its ``lines``: ``ts``, ``value``, ``is_return``.
+
+    ``ts`` is the first line's moment, ``value`` the net amount (exact) and ``is_return`` whether
+    every line is a return.
+    """
+    return {
+        "ts": lines.timestamp.min(),
+        # Per-order sums fit the money type again, so later sums read 64-bit values.
+        "value": lines.amount.cast(MONEY).sum().cast(MONEY),
+        "is_return": is_return(lines).all(),
+    }
+
+
+def group_orders(lines: ir.Table, **extra: ir.Value) -> ir.Table:
+    """Return one row per order of ``lines``: ``customer_id``, ``order_id``, ``order_totals``.
+
+    Lines without an order id are taken as one order per customer and timestamp. ``extra``
+    adds aggregates over the same groups.
+    """
+    loose = ibis.ifelse(lines.order_id.isnull(), lines.timestamp, ibis.null("timestamp"))
+    grouped = lines.mutate(_loose=loose).group_by([CUSTOMER, "order_id", "_loose"])
+    return grouped.aggregate(**order_totals(lines), **extra).drop("_loose")
+
+
 def orders_before(transactions: ir.Table, as_of: date | datetime) -> ir.Table:
     """Return one row per (customer, order) before ``as_of``.
 
@@ -65,19 +90,7 @@ def orders_before(transactions: ir.Table, as_of: date | datetime) -> ir.Table:
     a COUNT DISTINCT; it is the largest aggregation of a build, so its rows are kept narrow:
     no key columns in the output, and line-level sums (units, channels) live in ``mix``.
     """
-    t = lines_before(transactions, as_of)
-    loose = ibis.ifelse(t.order_id.isnull(), t.timestamp, ibis.null("timestamp"))
-    grouped = (
-        t.mutate(_loose=loose)
-        .group_by([CUSTOMER, "order_id", "_loose"])
-        .aggregate(
-            ts=t.timestamp.min(),
-            # Per-order sums fit the money type again, so later sums read 64-bit values.
-            value=t.amount.cast(MONEY).sum().cast(MONEY),
-            is_return=is_return(t).all(),
-        )
-    )
-    return grouped.drop("order_id", "_loose")
+    return group_orders(lines_before(transactions, as_of)).drop("order_id")
 
 
 def known_customers(

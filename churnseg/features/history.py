@@ -20,7 +20,13 @@ from datetime import date, datetime
 import ibis
 import ibis.expr.types as ir
 
-from churnseg.features.behaviour import MONEY, is_return, lines_before
+from churnseg.features.behaviour import (
+    MONEY,
+    group_orders,
+    is_return,
+    lines_before,
+    order_totals,
+)
 from churnseg.features.tables import CUSTOMER
 from churnseg.features.timeutil import cutoff_datetime, cutoff_literal, days_before
 
@@ -67,11 +73,7 @@ class PreparedHistory:
         # An order with lines on both sides of the cutoff keeps the lines before it only.
         s = self.straddling
         cut = s.filter((s.timestamp < cutoff) & (s.ts_last >= cutoff))
-        part = cut.group_by([CUSTOMER, "order_id"]).aggregate(
-            ts=cut.timestamp.min(),
-            value=cut.amount.cast(MONEY).sum().cast(MONEY),
-            is_return=cut.is_return.all(),
-        )
+        part = cut.group_by([CUSTOMER, "order_id"]).aggregate(**order_totals(cut))
         return ibis.union(whole, part.drop("order_id"), distinct=False)
 
     def purchase_days(self, as_of: date | datetime) -> ir.Table:
@@ -113,18 +115,9 @@ def prepare_history(
         raise ValueError(f"a prepared history ends at a midnight, not at {latest}")
     keep = materialise or (lambda _name, table: table)
     t = lines_before(transactions, moment)
-    loose = ibis.ifelse(t.order_id.isnull(), t.timestamp, ibis.null("timestamp"))
     orders = keep(
         "orders",
-        t.mutate(_loose=loose)
-        .group_by([CUSTOMER, "order_id", "_loose"])
-        .aggregate(
-            ts=t.timestamp.min(),
-            ts_last=t.timestamp.max(),
-            value=t.amount.cast(MONEY).sum().cast(MONEY),
-            is_return=is_return(t).all(),
-        )
-        .drop("_loose")
+        group_orders(t, ts_last=t.timestamp.max())
         # Only an order whose lines span several moments needs its id again (to find its
         # lines); null elsewhere, the column costs next to nothing to write (at 5M customers
         # the table was 2.8 GB with every id).
@@ -141,7 +134,7 @@ def prepare_history(
         ),
     )
 
-    p = t.filter(~is_return(t))
+    p = lines_before(transactions, moment, lambda lines: ~is_return(lines))
     age = days_before(p.timestamp, moment)
     at_midnight = age == age.floor()
     money = p.amount.cast(MONEY)

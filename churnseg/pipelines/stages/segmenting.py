@@ -159,9 +159,9 @@ def segmentation_stage(config: Config, paths: RunPaths, run_id: str = "") -> Seg
     # Narrow frames: adding a column to a feature table copies it (and warns, since
     # read_feature_table gives one block per column).
     before = validation[[CUSTOMER, LABEL]].assign(segment_id=pipeline.predict(validation))
-    churn_rate = before.groupby("segment_id")["churned"].mean()
+    churn_rate = before.groupby("segment_id")[LABEL].mean()
     profiles["churn_rate"] = profiles.segment_id.map(churn_rate)
-    after = frame[["customer_id"]].assign(segment_id=segments)
+    after = frame[[CUSTOMER]].assign(segment_id=segments)
     migration = seg_model.migration_table(before, after, names)
 
     k_scores = pd.DataFrame(km.scores_)
