@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from scipy.optimize import linprog
 
 from churnseg.models.allocation import (
     KEPT,
@@ -254,6 +255,53 @@ def cost(
     return total
 
 
+def customer_level_optimum(
+    customers: pd.DataFrame,
+    staff: pd.DataFrame,
+    current: pd.Series,
+    weights: AllocationWeights,
+    share: float,
+) -> float:
+    """The optimum of the program over every customer-owner pair, without any grouping.
+
+    ``allocate`` solves a grouped, rewritten form of it; both must reach the same optimum.
+    """
+    table = owner_table(staff).set_index("owner_id")
+    live = table.index[table["active"]]
+    buckets = priority_buckets(customers["value_at_risk"], weights.priority_buckets)
+    n, m = len(customers), len(live)
+    cost = np.zeros((n, m + 1))  # the last column: left without an owner
+    stays = np.zeros((n, m), dtype=bool)
+    for i, row in enumerate(customers.itertuples()):
+        previous = current.get(row.customer_id)
+        for j, owner in enumerate(live):
+            o = table.loc[owner]
+            cost[i, j] = (
+                weights.region * (row.region not in o.regions)
+                + weights.industry * (row.industry not in o.industries)
+                + weights.seniority * max(0, weights.tier_seniority[row.value_tier] - o.seniority)
+            )
+            stays[i, j] = previous == owner
+        cost[i, :m] += weights.move * stays[i].any() * ~stays[i]
+        cost[i, m] = weights.unassigned * (1 + buckets[i])
+    held = stays.sum(axis=0)
+    overflow = int(np.maximum(held - table.loc[live, "capacity"].to_numpy(), 0).sum())
+    pick = np.kron(np.eye(n), np.ones(m + 1))  # each customer once
+    room = np.kron(np.ones(n), np.hstack([np.eye(m), np.zeros((m, 1))]))  # each owner's load
+    moves = np.hstack([np.append(s.any() & ~s, False) for s in stays])[None, :].astype(float)
+    result = linprog(
+        cost.ravel(),
+        A_ub=np.vstack([room, moves]),
+        b_ub=np.append(table.loc[live, "capacity"].to_numpy(float), np.floor(share * n) + overflow),
+        A_eq=pick,
+        b_eq=np.ones(n),
+        bounds=(0, None),
+        method="highs",
+    )
+    assert result.status == 0, result.message
+    return float(result.fun)
+
+
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 10_000), share=st.sampled_from([0.0, 0.1, 1.0]))
 def test_allocation_keeps_capacity_and_budget_and_costs_no_more_than_greedy(
@@ -275,6 +323,10 @@ def test_allocation_keeps_capacity_and_budget_and_costs_no_more_than_greedy(
     assert ours == pytest.approx(result.objective, abs=1e-6), "objective as recomputed"
     # Only the budget row can make flows fractional: a few leftovers, each a few units.
     assert result.lower_bound - 1e-6 <= result.objective <= result.lower_bound + 50
+    best = customer_level_optimum(customers, staff, current, weights, share)
+    assert best - 1e-6 <= result.objective <= best + 50, "the optimum over every pair"
+    if share == 1.0:  # no budget to bind: a network matrix, integral at the optimum
+        assert result.objective == pytest.approx(best, abs=1e-6)
     if share == 1.0:  # greedy has no budget: compare only where ours has none either
         greedy = greedy_allocate(customers, staff, current, weights)
         assert ours <= cost(greedy, customers, staff, current, weights) + 1e-9
