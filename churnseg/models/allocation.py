@@ -488,7 +488,9 @@ def _solve(
         raise AllocationError(f"the allocation solver stopped: {result.message}")
     x = np.floor(result.x + 1e-6).astype(np.int64)
     leave = np.zeros(n_groups, dtype=np.int64)
-    leave[stays] = x[v_leave]
+    # Leavers rounded up, so stays round down and no owner goes over capacity: a leaver the
+    # rounded flows give no seat is placed by ``_place_leftovers`` (back home, when room).
+    leave[stays] = np.minimum(np.ceil(result.x[v_leave] - 1e-6), count[stays])
     move = leave - _spread(x[v_out], pool, leave, stays)
     move[news] = x[v_new][pool[news]]
     pool_to_owner = np.zeros((n_profiles, n_owners), dtype=np.int64)
