@@ -18,8 +18,9 @@ group's only variable is how many of it leave its owner; leavers and new custome
 pools per (profile, bucket) and per profile to owners, the move budget is one extra row, and the
 linear program is solved by HiGHS (scipy). Without the budget row the matrix is a network
 matrix, so the optimum is integral; the budget row can leave a few fractional flows, which are
-rounded down and the customers they leave placed by ``_place_leftovers``. Why HiGHS rather than
-a dedicated min-cost-flow solver, and why no row per group: docs/allocation.md (measured).
+rounded down (a group's leavers up, so no owner goes over capacity) and the customers left
+without a seat placed by ``_place_leftovers``. Why HiGHS rather than a dedicated min-cost-flow
+solver, and why no row per group: docs/allocation.md (measured).
 
 Pure library code: frames in, frames out, no I/O.
 """
