@@ -270,27 +270,27 @@ def customer_level_optimum(
     live = table.index[table["active"]]
     buckets = priority_buckets(customers["value_at_risk"], weights.priority_buckets)
     n, m = len(customers), len(live)
-    cost = np.zeros((n, m + 1))  # the last column: left without an owner
+    price = np.zeros((n, m + 1))  # the last column: left without an owner
     stays = np.zeros((n, m), dtype=bool)
     for i, row in enumerate(customers.itertuples()):
         previous = current.get(row.customer_id)
         for j, owner in enumerate(live):
             o = table.loc[owner]
-            cost[i, j] = (
+            price[i, j] = (
                 weights.region * (row.region not in o.regions)
                 + weights.industry * (row.industry not in o.industries)
                 + weights.seniority * max(0, weights.tier_seniority[row.value_tier] - o.seniority)
             )
             stays[i, j] = previous == owner
-        cost[i, :m] += weights.move * stays[i].any() * ~stays[i]
-        cost[i, m] = weights.unassigned * (1 + buckets[i])
+        price[i, :m] += weights.move * stays[i].any() * ~stays[i]
+        price[i, m] = weights.unassigned * (1 + buckets[i])
     held = stays.sum(axis=0)
     overflow = int(np.maximum(held - table.loc[live, "capacity"].to_numpy(), 0).sum())
     pick = np.kron(np.eye(n), np.ones(m + 1))  # each customer once
     room = np.kron(np.ones(n), np.hstack([np.eye(m), np.zeros((m, 1))]))  # each owner's load
     moves = np.hstack([np.append(s.any() & ~s, False) for s in stays])[None, :].astype(float)
     result = linprog(
-        cost.ravel(),
+        price.ravel(),
         A_ub=np.vstack([room, moves]),
         b_ub=np.append(table.loc[live, "capacity"].to_numpy(float), np.floor(share * n) + overflow),
         A_eq=pick,
