@@ -179,3 +179,18 @@ def test_duckdb_memory_limit_reaches_the_connection(tmp_path: Path) -> None:
     assert default.fetchone()[0] != "1.3 GiB"
     with pytest.raises(ConfigError, match="duckdb_memory_limit"):
         load_config(write(tmp_path, "engine: {duckdb_memory_limit: lots}\n"), environ={})
+
+
+@pytest.mark.parametrize(
+    ("setting", "expected"),
+    [("1.5GB", 1.5e9), ("700MB", 700e6), ("20GiB", 20 * 2**30), ("1000KB", 1e6), ("-1", 2**64)],
+)
+def test_duckdb_memory_limit_reads_back_in_bytes(setting: str, expected: float) -> None:
+    from churnseg.pipelines.sources import connect_engine, duckdb_memory_limit
+
+    con = connect_engine()
+    con.raw_sql(f"SET memory_limit = '{setting}'")
+    # DuckDB prints the limit cut to a tenth of its unit (1.5 GB, 1.397 GiB: "1.3 GiB"), at
+    # most 0.1 below; -1 is no limit.
+    got = duckdb_memory_limit(con)
+    assert expected * 0.9 <= got <= expected

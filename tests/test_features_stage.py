@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from itertools import pairwise
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from churnseg.pipelines import stages
 from churnseg.pipelines.config import Config
 from churnseg.pipelines.sample import SampleSpec, generate_sample
 from churnseg.pipelines.sources import FeatureEngine, connect_engine
+from churnseg.pipelines.stages import feature_tables
 from churnseg.pipelines.stages.feature_tables import _with_btyd
 from tests.helpers import SAMPLE_TABLES, write_tables
 
@@ -212,6 +214,43 @@ def test_btyd_columns_stream_in_order_and_a_shuffled_stage_gives_the_same_file(
     assert outputs["ordered"].equals(outputs["shuffled"])
     assert outputs["ordered"].select(staged.column_names).equals(staged)
     assert all(f.nullable for f in outputs["ordered"].schema)
+
+
+def test_snapshots_written_unsorted_when_duckdb_memory_is_short_give_the_same_tables(
+    built: tuple[stages.RunPaths, dict[str, int]], tmp_path: Path
+) -> None:
+    paths, counts = built
+    assert feature_tables.customers_estimate(paths) == 400  # the sample's customers
+    # The measured case: at 5M customers and 117 columns an 8 GB limit is too short to sort.
+    with FeatureEngine(connect_engine()) as engine:
+        engine.con.raw_sql("SET memory_limit = '20GB'")
+        assert feature_tables.sorts_in_query(engine, 5_000_000, 117)
+        engine.con.raw_sql("SET memory_limit = '8GB'")
+        assert not feature_tables.sorts_in_query(engine, 5_000_000, 117)
+        assert feature_tables.sorts_in_query(engine, 1_000_000, 117)
+    config = Config.model_validate(
+        {
+            "state_dir": str(tmp_path),
+            "sample": {},
+            "snapshots": {"horizon_days": 60, "train_cutoffs": 3},
+        }
+    )
+    short = stages.run_paths(config, "short")
+    shutil.copytree(paths.clean, short.clean)
+    written: list[bool] = []
+
+    def unsorted(engine: FeatureEngine, customers: int, columns: int) -> bool:
+        written.append(False)
+        return False
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(feature_tables, "sorts_in_query", unsorted)
+        assert stages.feature_stage(config, short, stages.resolve_plan(config, short)) == counts
+    assert len(written) == 3 + 1 + 1  # every snapshot took the unsorted path
+    for name in ("train", "validation", "scoring"):
+        assert pq.read_table(short.features / f"{name}.parquet").equals(
+            pq.read_table(paths.features / f"{name}.parquet")
+        ), name
 
 
 def test_read_feature_table_gives_the_frame_pandas_reads(tmp_path: Path) -> None:

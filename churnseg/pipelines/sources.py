@@ -91,6 +91,23 @@ def configure_duckdb(con: DuckDBBackend, engine: EngineConfig | None = None) -> 
         con.raw_sql(f"SET temp_directory = '{spill}'")
 
 
+_BYTE_UNITS = {
+    "byte": 1,
+    "bytes": 1,
+    **{f"{p}B": 1000 ** (i + 1) for i, p in enumerate("KMGTPE")},
+    **{f"{p}iB": 1024 ** (i + 1) for i, p in enumerate("KMGTPE")},
+}
+
+
+def duckdb_memory_limit(con: DuckDBBackend) -> int:
+    """Return the DuckDB connection's memory limit in bytes (set, or DuckDB's default)."""
+    # DuckDB reports it cut to a tenth for people: "7.4 GiB", "667.5 MiB"; no limit is
+    # "16383.9 PiB" (the figure is at most 7% low; it only steers a choice of plan).
+    [(text,)] = con.con.execute("SELECT current_setting('memory_limit')").fetchall()
+    number, unit = str(text).split()
+    return int(float(number) * _BYTE_UNITS[unit])
+
+
 class EngineError(ConfigError):
     """The configured feature engine cannot start (pyspark missing, no Java, bad master)."""
 

@@ -47,6 +47,7 @@ from churnseg.pipelines.sources import (
     FeatureEngine,
     connect_engine,
     connect_feature_engine,
+    duckdb_memory_limit,
 )
 from churnseg.pipelines.stages.extract_clean import SEEN_FILE, read_attributes
 from churnseg.pipelines.stages.run_folder import CLEAN_ORDER, RunPaths
@@ -300,6 +301,37 @@ def build_file(features_path: Path) -> Path:
     return features_path.with_suffix(BUILD_SUFFIX)
 
 
+# DuckDB memory a snapshot's joined families hold while probed, per customer and column:
+# 6.45 GB at 5M customers and 117 columns (duckdb_memory() by tag, sampled during the query).
+_JOIN_BYTES_PER_VALUE = 11
+
+
+def sorts_in_query(engine: FeatureEngine, customers: int, columns: int) -> bool:
+    """Return whether a snapshot query sorts its own rows (otherwise ``_with_btyd`` sorts).
+
+    Sorting in the query saves a pass over the wide table, but on DuckDB the sort then needs
+    memory beside the hash tables of the families' joins, which stay in memory while they are
+    probed: at 5M customers and an 8 GB limit the sorted scoring snapshot ran out of memory and
+    the unsorted one completed (135 s). So DuckDB sorts in the query only while those hash
+    tables (``customers`` x ``columns`` x 11 bytes) would take less than half its memory limit.
+    Spark always does.
+    """
+    if not isinstance(engine.con, DuckDBBackend):
+        return True
+    held = customers * columns * _JOIN_BYTES_PER_VALUE
+    return held < duckdb_memory_limit(engine.con) / 2
+
+
+def customers_estimate(paths: RunPaths) -> int:
+    """Return about how many customers a snapshot of the run can hold (from file metadata).
+
+    The larger of the clean customers table and the ids any source showed (``seen``); a
+    snapshot holds the customers known at its cutoff, at most about that many.
+    """
+    files = [paths.clean / "customers.parquet", paths.clean / SEEN_FILE]
+    return max((pq.ParquetFile(f).metadata.num_rows for f in files if f.exists()), default=0)
+
+
 def feature_stage(
     config: Config,
     paths: RunPaths,
@@ -363,6 +395,7 @@ def feature_stage(
         }
         seen_file = paths.clean / SEEN_FILE
         seen = engine.read_parquet(seen_file) if seen_file.exists() else None
+        customers = customers_estimate(paths)
         settings = resolve_levels(tables, plan.scoring, features)
         h = plan.horizon_days
         # Snapshots, oldest first; each is one query, so a build holds one snapshot's state.
@@ -408,8 +441,10 @@ def feature_stage(
             for i, (cutoff, expr) in enumerate(snapshots):
                 path = paths.features / f"{name}.staged{i}.parquet"
                 if expr is not None:
-                    # Sorted as the final file is, so the BTYD columns stream in without a join.
-                    engine.write_parquet(expr.order_by("customer_id"), path)
+                    if sorts_in_query(engine, customers, len(expr.columns)):
+                        # Sorted as the final file is: the BTYD columns stream in, no sort pass.
+                        expr = expr.order_by("customer_id")
+                    engine.write_parquet(expr, path)
                 elif warm is not None:
                     sql, declared = warm.cutoff_query(
                         _scoring_key(tables, seen, settings, h),
