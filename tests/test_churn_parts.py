@@ -327,3 +327,39 @@ def test_reading_the_at_risk_population_keeps_the_same_rows(tmp_path: Path) -> N
     expected = at_risk_population(frame, 365).reset_index(drop=True)
     pd.testing.assert_frame_equal(read, expected)
     assert len(read_at_risk_population(path, None)) == 6
+
+
+def test_reading_at_most_max_rows_takes_a_seeded_sample_of_the_same_rows(tmp_path: Path) -> None:
+    from churnseg.pipelines.stages import churn_training
+
+    rng = np.random.default_rng(3)
+    n = 200_000
+    frame = pd.DataFrame(
+        {
+            "customer_id": np.arange(n),
+            "snapshot_date": np.repeat(pd.to_datetime(["2025-01-01", "2025-04-01"]), n // 2),
+            "recency_days": np.where(rng.random(n) < 0.1, np.nan, rng.uniform(0, 800, n)),
+            "frequency": rng.integers(0, 3, n),
+            "region": rng.choice(["north", "south", None], n),
+        }
+    )
+    path = tmp_path / "train.parquet"
+    frame.to_parquet(path, row_group_size=30_000)
+    whole = churn_training.read_at_risk_population(path, 365)
+    read = churn_training.read_at_risk_population(path, 365, max_rows=50_000, random_state=1)
+    assert len(whole) > 50_000 and len(read) == 50_000
+    # Rows of the at-risk population, whole and in file order, a fresh index like the full read.
+    assert read.customer_id.is_monotonic_increasing
+    assert list(read.index) == list(range(len(read)))
+    expected = whole.set_index("customer_id").loc[read.customer_id].reset_index()
+    pd.testing.assert_frame_equal(read, expected)
+    # Seeded, and about the same share of each cutoff as of the whole population.
+    again = churn_training.read_at_risk_population(path, 365, max_rows=50_000, random_state=1)
+    pd.testing.assert_frame_equal(read, again)
+    shares = read.snapshot_date.value_counts(normalize=True).sort_index()
+    whole_shares = whole.snapshot_date.value_counts(normalize=True).sort_index()
+    assert np.allclose(shares, whole_shares, atol=0.01)
+    # At or under the cap the read is the whole population, as before.
+    pd.testing.assert_frame_equal(
+        churn_training.read_at_risk_population(path, 365, max_rows=n), whole
+    )

@@ -225,13 +225,13 @@ def _sample_rows(
     customers the training table is gigabytes: selecting by position, rather than filtering
     and then sampling, keeps the filtered copy out of memory.
     """
-    return frame.iloc[_sample_positions(mask, rows, random_state)]
+    return frame.iloc[sample_positions(mask, rows, random_state)]
 
 
-def _sample_positions(
+def sample_positions(
     mask: NDArray[np.bool_], rows: int | None, random_state: int
 ) -> NDArray[np.intp]:
-    """Return the sorted positions ``_sample_rows`` takes: a seeded sample of ``mask``'s."""
+    """Return the sorted positions of a seeded sample of ``rows`` of ``mask``'s (None: all)."""
     index = np.flatnonzero(mask)
     if rows is not None and len(index) > rows:
         chosen = np.random.default_rng(random_state).choice(index, size=rows, replace=False)
@@ -486,7 +486,7 @@ def _refit_on_latest(
     new = _sample_rows(latest, np.ones(len(latest), dtype=bool), rows, random_state + 1)
     fold = np.random.default_rng(random_state + 3).integers(0, REFIT_FOLDS, len(new))
     every_new = np.ones(len(new), dtype=bool)
-    positions = _sample_positions(every_new, calibration_rows, random_state + 2)
+    positions = sample_positions(every_new, calibration_rows, random_state + 2)
     cal, cal_fold = new.iloc[positions], fold[positions]
     decisions = np.empty(len(cal), dtype=np.float64)
     for k in range(REFIT_FOLDS):

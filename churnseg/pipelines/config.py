@@ -453,6 +453,14 @@ class ChurnConfig(_Strict):
         description="Train and validate on customers who bought within this many days (or never"
         " bought yet); long-lapsed customers are churned already, not at risk.",
     )
+    train_max_rows: int | None = Field(
+        3_000_000,
+        ge=10_000,
+        description="Training rows read (the at-risk rows of every training cutoff; a seeded"
+        " sample, about the same share of each cutoff, when there are more); null: all. The"
+        " search, the final fit and the calibrator fit on samples of these anyway, so more"
+        " rows only cost memory.",
+    )
     search_sample_rows: int = Field(
         100_000,
         ge=1000,

@@ -10,6 +10,7 @@ from typing import Any
 import mlflow
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 from numpy.typing import NDArray
 from sklearn.inspection import permutation_importance
@@ -95,17 +96,42 @@ def at_risk_mask(frame: pd.DataFrame, max_recency_days: int | None) -> NDArray[n
     return keep
 
 
-def read_at_risk_population(path: Path, max_recency_days: int | None) -> pd.DataFrame:
+def read_at_risk_population(
+    path: Path, max_recency_days: int | None, max_rows: int | None = None, random_state: int = 0
+) -> pd.DataFrame:
     """Return ``at_risk_population`` of the feature table at ``path``, filtered while reading.
 
     At a million customers the stacked training table is over 2 GB as a DataFrame and a third
     of it is long-lapsed: reading only the kept rows saves that copy. Same rows, same order.
+
+    ``max_rows``: when more rows are kept, a seeded sample of that many (in file order, about
+    the same share of every cutoff), read batch by batch so the whole table is never in memory.
     """
     has_recency = "recency_days" in pq.read_schema(path).names
     # Missing recency (never bought) fails the first test and passes the second, as in pandas.
     keep = [[("recency_days", "<=", max_recency_days)], [("frequency", "==", 0)]]
     use = max_recency_days is not None and has_recency
-    return read_feature_table(path, filters=keep if use else None)
+    file = pq.ParquetFile(path)
+    if max_rows is None or file.metadata.num_rows <= max_rows:
+        return read_feature_table(path, filters=keep if use else None)
+    mask = np.ones(file.metadata.num_rows, dtype=bool)
+    if use:
+        rule = file.read(columns=["recency_days", "frequency"]).to_pandas()
+        recent = (rule["recency_days"] <= max_recency_days).fillna(False).to_numpy(dtype=bool)
+        mask = recent | (rule["frequency"] == 0).fillna(False).to_numpy(dtype=bool)
+    positions = churn_model.sample_positions(mask, max_rows, random_state)
+    batches, start = [], 0
+    for batch in file.iter_batches(batch_size=_READ_BATCH_ROWS):
+        lo, hi = np.searchsorted(positions, [start, start + batch.num_rows])
+        if hi > lo:
+            batches.append(batch.take(pa.array(positions[lo:hi] - start)))
+        start += batch.num_rows
+    table = pa.Table.from_batches(batches, schema=file.schema_arrow)
+    return table.to_pandas(split_blocks=True, self_destruct=True)
+
+
+# Rows per batch when a sample of a feature table is read.
+_READ_BATCH_ROWS = 65_536
 
 
 def _segmenter(config: Config, paths: RunPaths) -> tuple[Any, dict[int, str]] | None:
@@ -143,7 +169,10 @@ def churn_stage(config: Config, paths: RunPaths) -> ChurnOutcome:
     name = config.mlflow.churn_model
     max_recency = population_recency_limit(config)
     gap = _label_days(config, paths)
-    train = read_at_risk_population(paths.features / "train.parquet", max_recency)
+    # A seed of its own (the samples drawn from this frame use random_state up to + 4).
+    train = read_at_risk_population(
+        paths.features / "train.parquet", max_recency, c.train_max_rows, c.random_state + 5
+    )
     validation = read_at_risk_population(paths.features / "validation.parquet", max_recency)
     spec, dropped, season = churn_model.model_inputs(train)
     search = churn_model.time_aware_search(
