@@ -96,6 +96,10 @@ def at_risk_mask(frame: pd.DataFrame, max_recency_days: int | None) -> NDArray[n
     return keep
 
 
+# Rows per batch when a sample of a feature table is read.
+_READ_BATCH_ROWS = 65_536
+
+
 def read_at_risk_population(
     path: Path, max_recency_days: int | None, max_rows: int | None = None, random_state: int = 0
 ) -> pd.DataFrame:
@@ -128,10 +132,6 @@ def read_at_risk_population(
         start += batch.num_rows
     table = pa.Table.from_batches(batches, schema=file.schema_arrow)
     return table.to_pandas(split_blocks=True, self_destruct=True)
-
-
-# Rows per batch when a sample of a feature table is read.
-_READ_BATCH_ROWS = 65_536
 
 
 def _segmenter(config: Config, paths: RunPaths) -> tuple[Any, dict[int, str]] | None:
