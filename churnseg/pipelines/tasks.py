@@ -6,9 +6,11 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
+import pyarrow as pa
 from prefect import State, Task, task
 from prefect.cache_policies import NONE, CacheKeyFnPolicy
-from prefect.tasks import exponential_backoff
+from prefect.client.schemas.objects import TaskRun
+from prefect.tasks import StateHookCallable, exponential_backoff
 
 from churnseg.features.snapshots import CutoffPlan
 from churnseg.pipelines import stages
@@ -53,6 +55,22 @@ TIMEOUT_TRAIN = 120 * MINUTE
 TIMEOUT_LIGHT = 10 * MINUTE
 
 
+def release_memory(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> None:
+    """Hand the memory Arrow keeps for reuse back to the system (a hook after a compute task).
+
+    Arrow's allocator (mimalloc) keeps what frames freed for later allocations. A flow runs
+    every stage in one process, so what one stage's frames held stayed resident under the next
+    one's peak: the 5M retrain flow's process held 10.5 GB while scoring, a stage that peaks at
+    4.9 GB on its own. Reading the 3M-row training sample and dropping it left 3.96 GB
+    resident; released, 0.54 GB.
+    """
+    pa.default_memory_pool().release_unused()
+
+
+# Run after every compute task, whether it completed or failed.
+RELEASE: list[StateHookCallable] = [release_memory]
+
+
 def is_transient(exc: BaseException) -> bool:
     """Return whether an error (or the error it was raised from) may pass if tried again.
 
@@ -91,7 +109,13 @@ def extract(config: Config, paths: RunPaths) -> dict[str, int]:
     return stages.extract_stage(config, paths)
 
 
-@task(name="clean", cache_policy=NONE, timeout_seconds=TIMEOUT_COMPUTE)
+@task(
+    name="clean",
+    cache_policy=NONE,
+    timeout_seconds=TIMEOUT_COMPUTE,
+    on_completion=RELEASE,
+    on_failure=RELEASE,
+)
 def clean(config: Config, paths: RunPaths) -> dict[str, TableQuality]:
     """Clean and quarantine every table."""
     return stages.clean_stage(config, paths)
@@ -109,7 +133,13 @@ def plan(config: Config, paths: RunPaths) -> CutoffPlan:
     return stages.resolve_plan(config, paths)
 
 
-@task(name="build-features", cache_policy=NONE, timeout_seconds=TIMEOUT_COMPUTE)
+@task(
+    name="build-features",
+    cache_policy=NONE,
+    timeout_seconds=TIMEOUT_COMPUTE,
+    on_completion=RELEASE,
+    on_failure=RELEASE,
+)
 def features(
     config: Config,
     paths: RunPaths,
@@ -120,25 +150,49 @@ def features(
     return stages.feature_stage(config, paths, cutoffs, only)
 
 
-@task(name="train-segmentation", cache_policy=NONE, timeout_seconds=TIMEOUT_TRAIN)
+@task(
+    name="train-segmentation",
+    cache_policy=NONE,
+    timeout_seconds=TIMEOUT_TRAIN,
+    on_completion=RELEASE,
+    on_failure=RELEASE,
+)
 def segmentation(config: Config, paths: RunPaths, run_id: str) -> stages.SegmentationOutcome:
     """Fit, match to the champion, name, register and promote the segmentation model."""
     return stages.segmentation_stage(config, paths, run_id)
 
 
-@task(name="train-churn", cache_policy=NONE, timeout_seconds=TIMEOUT_TRAIN)
+@task(
+    name="train-churn",
+    cache_policy=NONE,
+    timeout_seconds=TIMEOUT_TRAIN,
+    on_completion=RELEASE,
+    on_failure=RELEASE,
+)
 def churn(config: Config, paths: RunPaths) -> stages.ChurnOutcome:
     """Fit, validate, register and promote the churn model."""
     return stages.churn_stage(config, paths)
 
 
-@task(name="score", cache_policy=NONE, timeout_seconds=TIMEOUT_COMPUTE)
+@task(
+    name="score",
+    cache_policy=NONE,
+    timeout_seconds=TIMEOUT_COMPUTE,
+    on_completion=RELEASE,
+    on_failure=RELEASE,
+)
 def score(config: Config, features_path: Path, out_path: Path, run_id: str) -> int:
     """Score a feature table with the champion models."""
     return stages.score_stage(config, features_path, out_path, run_id)
 
 
-@task(name="score-partition", cache_policy=NONE, timeout_seconds=TIMEOUT_COMPUTE)
+@task(
+    name="score-partition",
+    cache_policy=NONE,
+    timeout_seconds=TIMEOUT_COMPUTE,
+    on_completion=RELEASE,
+    on_failure=RELEASE,
+)
 def score_partition(
     features_path: Path,
     rows: tuple[int, int],
@@ -165,7 +219,13 @@ def publish(config: Config, scores_path: Path, allocation: AllocationFiles | Non
     return publish_scores(scores_path, target_from_config(config), allocation=allocation)
 
 
-@task(name="allocate", cache_policy=NONE, timeout_seconds=TIMEOUT_COMPUTE)
+@task(
+    name="allocate",
+    cache_policy=NONE,
+    timeout_seconds=TIMEOUT_COMPUTE,
+    on_completion=RELEASE,
+    on_failure=RELEASE,
+)
 def allocate(config: Config, paths: RunPaths, scores_path: Path, run_id: str) -> AllocationOutcome:
     """Allocate the scored customers to owners; write the allocation files."""
     return allocation_stage(config, paths, scores_path, target_from_config(config), run_id)
@@ -197,7 +257,13 @@ def changed_customers(config: Config, snapshot: PublishedSnapshot, as_of: dateti
     return intraday.changed_customers(config, target_from_config(config), snapshot, as_of)
 
 
-@task(name="rescore-customers", cache_policy=NONE, timeout_seconds=TIMEOUT_COMPUTE)
+@task(
+    name="rescore-customers",
+    cache_policy=NONE,
+    timeout_seconds=TIMEOUT_COMPUTE,
+    on_completion=RELEASE,
+    on_failure=RELEASE,
+)
 def rescore(
     config: Config,
     rescorer: Rescorer,
@@ -237,7 +303,13 @@ def publish_profiles(config: Config, profiles_path: Path) -> int:
     return publish_segment_profiles(profiles_path, target_from_config(config))
 
 
-@task(name="monitor-drift", cache_policy=NONE, timeout_seconds=TIMEOUT_COMPUTE)
+@task(
+    name="monitor-drift",
+    cache_policy=NONE,
+    timeout_seconds=TIMEOUT_COMPUTE,
+    on_completion=RELEASE,
+    on_failure=RELEASE,
+)
 def monitor(
     config: Config, reference: Reference, paths: RunPaths, data_end: date
 ) -> MonitorOutcome:
