@@ -249,8 +249,10 @@ def run_reference(kind: str, env: dict[str, str], run_folder: str, run_id: str) 
 
 
 def _time_snapshot(kind: str, config: Any, paths: Any, target: Path) -> float:
-    """Write the scoring snapshot with the feature build (``snapshot_ibis``: its own query, as
-    the stage writes one, unsorted) or the hand-written SQL (``snapshot_sql``); return seconds.
+    """Return the seconds writing the run's scoring snapshot to ``target`` takes.
+
+    ``snapshot_ibis``: the feature build's own query, as the stage writes one (unsorted).
+    ``snapshot_sql``: the hand-written query of ``features_sql.py``.
     """
     sys.path.insert(0, str(Path(__file__).parent))
     from features_sql import snapshot_sql
