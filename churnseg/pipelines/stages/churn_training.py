@@ -96,8 +96,9 @@ def at_risk_mask(frame: pd.DataFrame, max_recency_days: int | None) -> NDArray[n
     return keep
 
 
-# Rows per batch when a sample of a feature table is read.
+# Rows per batch when a sample of a feature table is read, and its row-position column.
 _READ_BATCH_ROWS = 65_536
+_POSITION = "__position"
 
 
 def read_at_risk_population(
@@ -111,18 +112,20 @@ def read_at_risk_population(
     ``max_rows``: when more rows are kept, a seeded sample of that many (in file order, about
     the same share of every cutoff), read batch by batch so the whole table is never in memory.
     """
-    has_recency = "recency_days" in pq.read_schema(path).names
+    file = pq.ParquetFile(path)
+    rows = file.metadata.num_rows
     # Missing recency (never bought) fails the first test and passes the second, as in pandas.
     keep = [[("recency_days", "<=", max_recency_days)], [("frequency", "==", 0)]]
-    use = max_recency_days is not None and has_recency
-    file = pq.ParquetFile(path)
-    if max_rows is None or file.metadata.num_rows <= max_rows:
+    use = max_recency_days is not None and "recency_days" in file.schema_arrow.names
+    if max_rows is None or rows <= max_rows:
         return read_feature_table(path, filters=keep if use else None)
-    mask = np.ones(file.metadata.num_rows, dtype=bool)
-    if use:
-        rule = file.read(columns=["recency_days", "frequency"]).to_pandas()
-        recent = (rule["recency_days"] <= max_recency_days).fillna(False).to_numpy(dtype=bool)
-        mask = recent | (rule["frequency"] == 0).fillna(False).to_numpy(dtype=bool)
+    mask = np.ones(rows, dtype=bool)
+    if use:  # the same filter, on the two columns it reads, with each row's position
+        rule = file.read(columns=["recency_days", "frequency"])
+        rule = rule.append_column(_POSITION, pa.array(np.arange(rows)))
+        kept = rule.filter(pq.filters_to_expression(keep))[_POSITION].to_numpy()
+        mask = np.zeros(rows, dtype=bool)
+        mask[kept] = True
     positions = churn_model.sample_positions(mask, max_rows, random_state)
     batches, start = [], 0
     for batch in file.iter_batches(batch_size=_READ_BATCH_ROWS):
