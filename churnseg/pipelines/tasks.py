@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
@@ -71,6 +72,17 @@ def release_memory(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -
 RELEASE: list[StateHookCallable] = [release_memory]
 
 
+def compute_task(name: str, timeout_seconds: float) -> Callable[[Callable[P, R]], Task[P, R]]:
+    """Return the decorator of a compute task: uncached, timed out, Arrow memory released."""
+    return task(
+        name=name,
+        cache_policy=NONE,
+        timeout_seconds=timeout_seconds,
+        on_completion=RELEASE,
+        on_failure=RELEASE,
+    )
+
+
 def is_transient(exc: BaseException) -> bool:
     """Return whether an error (or the error it was raised from) may pass if tried again.
 
@@ -109,13 +121,7 @@ def extract(config: Config, paths: RunPaths) -> dict[str, int]:
     return stages.extract_stage(config, paths)
 
 
-@task(
-    name="clean",
-    cache_policy=NONE,
-    timeout_seconds=TIMEOUT_COMPUTE,
-    on_completion=RELEASE,
-    on_failure=RELEASE,
-)
+@compute_task("clean", TIMEOUT_COMPUTE)
 def clean(config: Config, paths: RunPaths) -> dict[str, TableQuality]:
     """Clean and quarantine every table."""
     return stages.clean_stage(config, paths)
@@ -133,13 +139,7 @@ def plan(config: Config, paths: RunPaths) -> CutoffPlan:
     return stages.resolve_plan(config, paths)
 
 
-@task(
-    name="build-features",
-    cache_policy=NONE,
-    timeout_seconds=TIMEOUT_COMPUTE,
-    on_completion=RELEASE,
-    on_failure=RELEASE,
-)
+@compute_task("build-features", TIMEOUT_COMPUTE)
 def features(
     config: Config,
     paths: RunPaths,
@@ -150,49 +150,25 @@ def features(
     return stages.feature_stage(config, paths, cutoffs, only)
 
 
-@task(
-    name="train-segmentation",
-    cache_policy=NONE,
-    timeout_seconds=TIMEOUT_TRAIN,
-    on_completion=RELEASE,
-    on_failure=RELEASE,
-)
+@compute_task("train-segmentation", TIMEOUT_TRAIN)
 def segmentation(config: Config, paths: RunPaths, run_id: str) -> stages.SegmentationOutcome:
     """Fit, match to the champion, name, register and promote the segmentation model."""
     return stages.segmentation_stage(config, paths, run_id)
 
 
-@task(
-    name="train-churn",
-    cache_policy=NONE,
-    timeout_seconds=TIMEOUT_TRAIN,
-    on_completion=RELEASE,
-    on_failure=RELEASE,
-)
+@compute_task("train-churn", TIMEOUT_TRAIN)
 def churn(config: Config, paths: RunPaths) -> stages.ChurnOutcome:
     """Fit, validate, register and promote the churn model."""
     return stages.churn_stage(config, paths)
 
 
-@task(
-    name="score",
-    cache_policy=NONE,
-    timeout_seconds=TIMEOUT_COMPUTE,
-    on_completion=RELEASE,
-    on_failure=RELEASE,
-)
+@compute_task("score", TIMEOUT_COMPUTE)
 def score(config: Config, features_path: Path, out_path: Path, run_id: str) -> int:
     """Score a feature table with the champion models."""
     return stages.score_stage(config, features_path, out_path, run_id)
 
 
-@task(
-    name="score-partition",
-    cache_policy=NONE,
-    timeout_seconds=TIMEOUT_COMPUTE,
-    on_completion=RELEASE,
-    on_failure=RELEASE,
-)
+@compute_task("score-partition", TIMEOUT_COMPUTE)
 def score_partition(
     features_path: Path,
     rows: tuple[int, int],
@@ -219,13 +195,7 @@ def publish(config: Config, scores_path: Path, allocation: AllocationFiles | Non
     return publish_scores(scores_path, target_from_config(config), allocation=allocation)
 
 
-@task(
-    name="allocate",
-    cache_policy=NONE,
-    timeout_seconds=TIMEOUT_COMPUTE,
-    on_completion=RELEASE,
-    on_failure=RELEASE,
-)
+@compute_task("allocate", TIMEOUT_COMPUTE)
 def allocate(config: Config, paths: RunPaths, scores_path: Path, run_id: str) -> AllocationOutcome:
     """Allocate the scored customers to owners; write the allocation files."""
     return allocation_stage(config, paths, scores_path, target_from_config(config), run_id)
@@ -257,13 +227,7 @@ def changed_customers(config: Config, snapshot: PublishedSnapshot, as_of: dateti
     return intraday.changed_customers(config, target_from_config(config), snapshot, as_of)
 
 
-@task(
-    name="rescore-customers",
-    cache_policy=NONE,
-    timeout_seconds=TIMEOUT_COMPUTE,
-    on_completion=RELEASE,
-    on_failure=RELEASE,
-)
+@compute_task("rescore-customers", TIMEOUT_COMPUTE)
 def rescore(
     config: Config,
     rescorer: Rescorer,
@@ -303,13 +267,7 @@ def publish_profiles(config: Config, profiles_path: Path) -> int:
     return publish_segment_profiles(profiles_path, target_from_config(config))
 
 
-@task(
-    name="monitor-drift",
-    cache_policy=NONE,
-    timeout_seconds=TIMEOUT_COMPUTE,
-    on_completion=RELEASE,
-    on_failure=RELEASE,
-)
+@compute_task("monitor-drift", TIMEOUT_COMPUTE)
 def monitor(
     config: Config, reference: Reference, paths: RunPaths, data_end: date
 ) -> MonitorOutcome:
