@@ -7,7 +7,6 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
-import pyarrow as pa
 from prefect import State, Task, task
 from prefect.cache_policies import NONE, CacheKeyFnPolicy
 from prefect.client.schemas.objects import TaskRun
@@ -27,6 +26,7 @@ from churnseg.pipelines.publish import (
 from churnseg.pipelines.quality import TableQuality
 from churnseg.pipelines.stages import RunPaths, intraday
 from churnseg.pipelines.stages.allocating import AllocationOutcome, allocation_stage
+from churnseg.pipelines.stages.feature_tables import release_arrow_memory
 from churnseg.pipelines.stages.intraday import PublishedSnapshot, Rescorer
 
 if TYPE_CHECKING:
@@ -65,7 +65,7 @@ def release_memory(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -
     4.9 GB on its own. Reading the 3M-row training sample and dropping it left 3.96 GB
     resident; released, 0.54 GB.
     """
-    pa.default_memory_pool().release_unused()
+    release_arrow_memory()
 
 
 # Run after every compute task, whether it completed or failed.

@@ -30,7 +30,7 @@ from churnseg.models.registry import (
     record_rejection,
 )
 from churnseg.pipelines.config import Config
-from churnseg.pipelines.stages.feature_tables import read_feature_table
+from churnseg.pipelines.stages.feature_tables import frame_of, read_feature_table
 from churnseg.pipelines.stages.run_folder import RunPaths
 from churnseg.pipelines.stages.segmenting import (
     register_segmentation,
@@ -133,8 +133,7 @@ def read_at_risk_population(
         if hi > lo:
             batches.append(batch.take(pa.array(positions[lo:hi] - start)))
         start += batch.num_rows
-    table = pa.Table.from_batches(batches, schema=file.schema_arrow)
-    return table.to_pandas(split_blocks=True, self_destruct=True)
+    return frame_of(pa.Table.from_batches(batches, schema=file.schema_arrow))
 
 
 def _segmenter(config: Config, paths: RunPaths) -> tuple[Any, dict[int, str]] | None:

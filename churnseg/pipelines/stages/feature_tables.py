@@ -259,7 +259,25 @@ def read_feature_table(
     pandas copies the whole table and warns that it is fragmented.
     """
     table = pq.read_table(path, filters=filters, columns=None if columns is None else list(columns))
-    return table.to_pandas(split_blocks=True, self_destruct=True)
+    return frame_of(table)
+
+
+def frame_of(table: pa.Table) -> pd.DataFrame:
+    """Return ``table`` as a DataFrame (one block per column), consuming it.
+
+    Arrow frees the table's buffers as each column is converted, and its allocator (mimalloc)
+    keeps freed memory for reuse; numpy and scikit-learn allocate elsewhere and never reuse it.
+    So that memory is handed back before the frame is returned: at 200k customers the training
+    table left 0.43 GB so held beside its 0.42 GB frame (released: RSS 1.32 -> 0.90 GB).
+    """
+    frame = table.to_pandas(split_blocks=True, self_destruct=True)
+    release_arrow_memory()
+    return frame
+
+
+def release_arrow_memory() -> None:
+    """Hand the memory Arrow's allocator keeps for reuse back to the system."""
+    pa.default_memory_pool().release_unused()
 
 
 HISTORY_PREFIX = "history."
