@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -99,3 +102,17 @@ def test_summary_names_the_stages_a_resumed_run_reused() -> None:
         cli._print_summary({**summary, "resumed_stages": ["clean", "build-features"]})
     assert "reused (earlier attempt)" in resumed.get()
     assert "clean, build-features" in resumed.get()
+
+
+@pytest.mark.parametrize(("given", "expected"), [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_importing_churnseg_makes_openmp_threads_wait_passively_unless_told(
+    given: str | None, expected: str
+) -> None:
+    # In a fresh interpreter: libgomp reads the policy once, when scikit-learn loads it.
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if given is not None:
+        env["OMP_WAIT_POLICY"] = given
+    code = "import os, churnseg, sklearn; print(os.environ['OMP_WAIT_POLICY'])"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == expected
