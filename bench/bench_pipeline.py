@@ -318,6 +318,7 @@ def run_flow(kind: str, env: dict[str, str], features_path: str) -> dict[str, An
         "peak_rss_mb": peak_rss_mb(),
         "rows_published": summary["rows_published"],
         "val_roc_auc": summary.get("val_roc_auc"),
+        "run_folder": summary.get("run_folder"),
     }
 
 
@@ -423,7 +424,8 @@ def bench_size(n: int, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
             print(_fmt(stage, results[stage], n), flush=True)
         total = sum(r["seconds"] for r in results.values() if "publish-postgres" not in r)
         print(f"  {'sum of stages':<18} {total:8.1f} s  (publish-postgres excluded)")
-        if args.references:
+        # The references read the features stage's tables.
+        if args.references and "features" in results:
             print("  reference figures (same data and matrices, fresh processes):")
             for kind in ("rfm_ibis", "rfm_sql"):
                 results[f"ref-{kind}"] = in_fresh_process(run_reference, kind, env, folder, run_id)
@@ -475,12 +477,11 @@ def bench_size(n: int, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
                 + "  (= churnseg run)",
                 flush=True,
             )
-            results["flow-score"] = in_fresh_process(
-                run_flow,
-                "score",
-                e2e_env,
-                str(work / "runs" / "bench" / "features" / "scoring.parquet"),
-            )
+            # The stages' scoring table when they built one, else the retrain flow's own.
+            built = work / "runs" / "bench" / "features" / "scoring.parquet"
+            if not built.exists():
+                built = Path(results["flow-retrain"]["run_folder"]) / "features" / "scoring.parquet"
+            results["flow-score"] = in_fresh_process(run_flow, "score", e2e_env, str(built))
             print(
                 _fmt("score flow", results["flow-score"], n, "flow-score")
                 + "  (score + publish, features built)"
@@ -506,7 +507,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
+    parser.add_argument(
+        "--stages",
+        nargs="*",
+        default=list(STAGES),
+        choices=STAGES,
+        help="stages to time one by one (none: with --end-to-end, only the flows)",
+    )
     parser.add_argument("--no-references", dest="references", action="store_false")
     parser.add_argument("--end-to-end", action="store_true", help="also time the whole flows")
     parser.add_argument("--json", type=Path, help="write every figure here")
