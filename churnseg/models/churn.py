@@ -497,9 +497,13 @@ def _refit_on_latest(
         held = cal_fold == k
         decisions[held] = decision_values(model, cal[spec.columns][held])
     every = pd.concat([old, new])
+    labels = cal[LABEL]
+    # The final fit copies its inputs twice more (to one array, then stacked with the encoded
+    # categoricals): the samples it does not read go first.
+    del old, new, cal, part, model
     base = candidate_pipeline(name, spec, params, random_state)
     base.fit(every[spec.columns], every[LABEL])
-    return CalibratedChurnModel(base, method, random_state).fit_decisions(decisions, cal[LABEL])
+    return CalibratedChurnModel(base, method, random_state).fit_decisions(decisions, labels)
 
 
 def ranking_model(model: Any) -> Any:
