@@ -368,7 +368,7 @@ def test_reading_at_most_max_rows_takes_a_seeded_sample_of_the_same_rows(tmp_pat
 _READ_AND_MEASURE = """
 import sys
 from pathlib import Path
-from churnseg.pipelines.stages.feature_tables import read_feature_table
+from churnseg.pipelines.frames import read_feature_table
 
 def resident_mb():
     line = next(x for x in Path("/proc/self/status").read_text().splitlines()
@@ -390,15 +390,15 @@ def test_reading_a_feature_table_leaves_no_freed_arrow_memory_resident(tmp_path:
 
     if not Path("/proc/self/status").exists():
         pytest.skip("reads resident memory from /proc (Linux)")
-    # 24 float columns of 1M rows (192 MB as a frame), in a fresh process: the decoded Parquet
+    # 24 float columns of 500k rows (96 MB as a frame), in a fresh process: the decoded Parquet
     # pages Arrow freed while converting would stay resident in its pool beside the frame.
     rng = np.random.default_rng(0)
-    columns = {f"x{i}": rng.normal(size=1_000_000) for i in range(24)}
+    columns = {f"x{i}": rng.normal(size=500_000) for i in range(24)}
     path = tmp_path / "wide.parquet"
     pq.write_table(pa.table(columns), path)
     code = _READ_AND_MEASURE
     out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     grown, frame = (float(x) for x in out.stdout.split())
-    assert frame == pytest.approx(192, rel=0.01)
+    assert frame == pytest.approx(96, rel=0.01)
     assert grown < frame * 1.3, f"resident memory grew {grown:.0f} MB for a {frame:.0f} MB frame"

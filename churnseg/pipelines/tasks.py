@@ -15,6 +15,7 @@ from prefect.tasks import StateHookCallable, exponential_backoff
 from churnseg.features.snapshots import CutoffPlan
 from churnseg.pipelines import stages
 from churnseg.pipelines.config import Config
+from churnseg.pipelines.frames import release_arrow_memory
 from churnseg.pipelines.publish import (
     AllocationFiles,
     publish_allocation,
@@ -26,7 +27,6 @@ from churnseg.pipelines.publish import (
 from churnseg.pipelines.quality import TableQuality
 from churnseg.pipelines.stages import RunPaths, intraday
 from churnseg.pipelines.stages.allocating import AllocationOutcome, allocation_stage
-from churnseg.pipelines.stages.feature_tables import release_arrow_memory
 from churnseg.pipelines.stages.intraday import PublishedSnapshot, Rescorer
 
 if TYPE_CHECKING:

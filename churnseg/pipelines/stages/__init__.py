@@ -4,6 +4,7 @@ Prefect tasks wrap these one to one; notebooks and tests call them directly. Sta
 and small summaries, never large frames. One module per stage; this package names them all.
 """
 
+from churnseg.pipelines.frames import read_feature_table
 from churnseg.pipelines.stages.churn_training import (
     EXPLAIN_ARTIFACT,
     ChurnOutcome,
@@ -24,7 +25,6 @@ from churnseg.pipelines.stages.feature_tables import (
     LEVELS_PARAM,
     champion_levels,
     feature_stage,
-    read_feature_table,
 )
 from churnseg.pipelines.stages.run_folder import (
     CLEAN_ORDER,

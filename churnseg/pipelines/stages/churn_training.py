@@ -30,7 +30,7 @@ from churnseg.models.registry import (
     record_rejection,
 )
 from churnseg.pipelines.config import Config
-from churnseg.pipelines.stages.feature_tables import frame_of, read_feature_table
+from churnseg.pipelines.frames import frame_of, read_feature_table
 from churnseg.pipelines.stages.run_folder import RunPaths
 from churnseg.pipelines.stages.segmenting import (
     register_segmentation,

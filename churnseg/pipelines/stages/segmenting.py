@@ -28,7 +28,7 @@ from churnseg.models.registry import (
 )
 from churnseg.pipelines import progress
 from churnseg.pipelines.config import Config
-from churnseg.pipelines.stages.feature_tables import read_feature_table
+from churnseg.pipelines.frames import read_feature_table
 from churnseg.pipelines.stages.run_folder import RunPaths
 
 SEGMENT_NAMES_TAG = "segment_names"
