@@ -1,14 +1,15 @@
-"""OpenMP wait policy: a HistGradientBoosting fit alone and beside busy processes.
+"""OpenMP waiting: a HistGradientBoosting fit alone and beside busy processes.
 
 scikit-learn's histogram gradient boosting runs many short OpenMP parallel regions per tree. By
-default libgomp's threads spin while they wait for each other; when other processes want the
-same cores (a DuckDB query, another run, a container's CPU quota) a spinning thread keeps its
-partner off the CPU. ``churnseg`` sets ``OMP_WAIT_POLICY=PASSIVE`` unless the user set a value
-(``churnseg/__init__.py``). This prints the fit's wall time for each policy, each in a fresh
-process (libgomp reads the policy when it loads), with 0 and with ``--busy`` spinning processes
+default libgomp's threads spin 300,000 times while they wait for each other; when other
+processes want the same cores (a DuckDB query, another run, a container's CPU quota) a spinning
+thread keeps its partner off the CPU. ``churnseg`` sets ``GOMP_SPINCOUNT=1000`` unless the user
+set a wait policy or spin count (``churnseg/__init__.py``). This prints the fit's wall time with
+libgomp's default, with churnseg's and with ``OMP_WAIT_POLICY=PASSIVE`` (no spinning), each in a
+fresh process (libgomp reads them when it loads), with 0 and with ``--busy`` spinning processes
 beside it, alternately ``--repeats`` times.
 
-Example: python bench/bench_threads.py --busy 2 --repeats 2
+Example: python bench/bench_threads.py --busy 2 --repeats 3
 """
 
 from __future__ import annotations
@@ -33,8 +34,12 @@ HistGradientBoostingClassifier(max_iter=100, early_stopping=False, random_state=
 print(time.perf_counter() - began)
 """
 
-# "" leaves the variable unset: libgomp's default (spin, then sleep).
-POLICIES = {"default (spin)": "", "PASSIVE": "PASSIVE"}
+# Environment of each variant; empty: libgomp's default (300,000 spins, then sleep).
+POLICIES: dict[str, dict[str, str]] = {
+    "libgomp default": {},
+    "churnseg (1,000 spins)": {"GOMP_SPINCOUNT": "1000"},
+    "PASSIVE": {"OMP_WAIT_POLICY": "PASSIVE"},
+}
 
 
 def _spin(stop: float) -> None:
@@ -42,11 +47,10 @@ def _spin(stop: float) -> None:
         pass
 
 
-def fit_seconds(policy: str, rows: int) -> float:
-    """Return the wall time of one fit in a fresh interpreter with ``OMP_WAIT_POLICY=policy``."""
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")}
-    if policy:
-        env["OMP_WAIT_POLICY"] = policy
+def fit_seconds(variant: dict[str, str], rows: int) -> float:
+    """Return the wall time of one fit in a fresh interpreter with ``variant``'s environment."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OMP_", "GOMP_"))}
+    env |= variant
     out = subprocess.run(
         [sys.executable, "-c", FIT.format(rows=rows)],
         env=env,
@@ -61,11 +65,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--busy", type=int, default=2, help="spinning processes beside the fit")
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
     print(f"cores: {os.cpu_count()}, load average at start: {os.getloadavg()[0]:.1f}")
     print(f"HistGradientBoosting, 100 trees on {args.rows:,} x 100 (median of {args.repeats}):")
-    for busy in (0, args.busy):
+    for busy in sorted({0, 1, args.busy}):
         times: dict[str, list[float]] = {name: [] for name in POLICIES}
         spinners = [
             mp.Process(target=_spin, args=(time.monotonic() + 3600,), daemon=True)
@@ -75,8 +79,8 @@ def main(argv: list[str] | None = None) -> int:
             p.start()
         try:
             for _ in range(args.repeats):
-                for name, policy in POLICIES.items():
-                    times[name].append(fit_seconds(policy, args.rows))
+                for name, variant in POLICIES.items():
+                    times[name].append(fit_seconds(variant, args.rows))
         finally:
             for p in spinners:
                 p.terminate()

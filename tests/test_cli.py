@@ -104,16 +104,23 @@ def test_summary_names_the_stages_a_resumed_run_reused() -> None:
     assert "clean, build-features" in resumed.get()
 
 
-@pytest.mark.parametrize(("given", "expected"), [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
-def test_importing_churnseg_makes_openmp_threads_wait_passively_unless_told(
-    given: str | None, expected: str
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ({}, "1000"),
+        ({"GOMP_SPINCOUNT": "50000"}, "50000"),
+        ({"OMP_WAIT_POLICY": "ACTIVE"}, None),  # the user's policy decides the spinning
+    ],
+)
+def test_importing_churnseg_shortens_openmp_spinning_unless_told(
+    given: dict[str, str], expected: str | None
 ) -> None:
-    # In a fresh interpreter: libgomp reads the policy once, when scikit-learn loads it, so
-    # churnseg's own import must set it.
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    if given is not None:
-        env["OMP_WAIT_POLICY"] = given
-    code = "import os, churnseg; print(os.environ['OMP_WAIT_POLICY'])"
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    # In a fresh interpreter: libgomp reads these once, when scikit-learn loads it, so
+    # churnseg's own import must set them.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OMP_WAIT", "GOMP_"))}
+    code = "import os, churnseg; print(os.environ.get('GOMP_SPINCOUNT'))"
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env | given, capture_output=True, text=True
+    )
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == expected
+    assert out.stdout.strip() == str(expected)
