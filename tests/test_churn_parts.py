@@ -396,8 +396,9 @@ def test_reading_a_feature_table_leaves_no_freed_arrow_memory_resident(tmp_path:
     columns = {f"x{i}": rng.normal(size=500_000) for i in range(24)}
     path = tmp_path / "wide.parquet"
     pq.write_table(pa.table(columns), path)
-    code = _READ_AND_MEASURE
-    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-c", _READ_AND_MEASURE, str(path)], capture_output=True, text=True
+    )
     assert out.returncode == 0, out.stderr
     grown, frame = (float(x) for x in out.stdout.split())
     assert frame == pytest.approx(96, rel=0.01)
