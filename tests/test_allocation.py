@@ -198,17 +198,29 @@ def test_workload_counts_accounts_a_tier_high_risk_and_moves() -> None:
     assert load.at["south", "moved_out"] == 1 and load.at["north", "moved_in"] == 2
 
 
-def synthetic(seed: int, n: int, n_owners: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.Series]:
-    """A random book: owners covering 1-2 of 4 regions, a noisy current assignment."""
+def synthetic(
+    seed: int, n: int, n_owners: int, kinds: int | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.Series]:
+    """A random book: owners covering 1-2 of 4 regions, a noisy current assignment.
+
+    With ``kinds``, owners share that many (regions, industries, seniority) profiles, so some
+    cost the same for every customer (capacity and activity still differ).
+    """
     rng = np.random.default_rng(seed)
     regions, industries = ["r0", "r1", "r2", "r3"], ["i0", "i1", "i2"]
+    profiles = [
+        (
+            ";".join(rng.choice(regions, size=rng.integers(1, 3), replace=False)),
+            ";".join(rng.choice(industries, size=rng.integers(1, 3), replace=False)),
+            int(rng.integers(1, 4)),
+        )
+        for _ in range(kinds or n_owners)
+    ]
     staff = owners(
         *[
             (
                 f"o{k}",
-                ";".join(rng.choice(regions, size=rng.integers(1, 3), replace=False)),
-                ";".join(rng.choice(industries, size=rng.integers(1, 3), replace=False)),
-                int(rng.integers(1, 4)),
+                *profiles[k % len(profiles)],
                 int(rng.integers(0, 2 * n // n_owners + 2)),
                 bool(rng.random() > 0.1),
             )
@@ -303,11 +315,15 @@ def customer_level_optimum(
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(seed=st.integers(0, 10_000), share=st.sampled_from([0.0, 0.1, 1.0]))
+@given(
+    seed=st.integers(0, 10_000),
+    share=st.sampled_from([0.0, 0.1, 1.0]),
+    kinds=st.sampled_from([None, 2]),
+)
 def test_allocation_keeps_capacity_and_budget_and_costs_no_more_than_greedy(
-    seed: int, share: float
+    seed: int, share: float, kinds: int | None
 ) -> None:
-    customers, staff, current = synthetic(seed, 60, 5)
+    customers, staff, current = synthetic(seed, 60, 5, kinds)
     weights = AllocationWeights()
     result = allocate(customers, staff, current, weights, max_moves_share=share)
     a = result.assignments
@@ -330,6 +346,36 @@ def test_allocation_keeps_capacity_and_budget_and_costs_no_more_than_greedy(
     if share == 1.0:  # greedy has no budget: compare only where ours has none either
         greedy = greedy_allocate(customers, staff, current, weights)
         assert ours <= cost(greedy, customers, staff, current, weights) + 1e-9
+
+
+def test_a_customer_gaining_nothing_moves_to_make_room_for_one_only_its_owner_matches() -> None:
+    # x breaks no rule with either owner, so the first solve keeps it home; pricing must bring
+    # its move back: moving x (4) lets n reach the one owner of its region (else 10).
+    staff = owners(("a", "north;south", "retail", 3, 1, True), ("b", "north", "retail", 3, 5, True))
+    customers = book(("x", "north", "retail", "C", 1.0), ("n", "south", "retail", "C", 1.0))
+    result = allocate(customers, staff, pd.Series({"x": "a"}), max_moves_share=1.0)
+    assert owner_of(result.assignments) == {"x": "b", "n": "a"}
+    assert result.objective == pytest.approx(4.0) == result.lower_bound
+    assert reason_of(result.assignments) == {"x": OVER_CAPACITY, "n": NEW}
+
+
+def test_owners_alike_share_seats_and_each_stays_within_its_capacity() -> None:
+    # Three owners cost the same for everyone: the program sees one class of 6 seats, which
+    # must still go to the owners within each one's capacity and never to the inactive one.
+    staff = owners(
+        ("a", "north", "retail", 3, 1, True),
+        ("b", "north", "retail", 3, 3, True),
+        ("c", "north", "retail", 3, 2, True),
+        ("d", "north", "retail", 3, 9, False),
+        ("e", "south", "retail", 3, 9, True),
+    )
+    customers = book(*[(f"c{i}", "north", "retail", "ABC"[i % 3], float(i)) for i in range(7)])
+    result = allocate(customers, staff)
+    load = result.assignments["owner_id"].value_counts().to_dict()
+    assert load == {"a": 1, "b": 3, "c": 2, "e": 1}, load
+    # The one customer beyond the class's seats goes to e, out of region: the least value.
+    assert owner_of(result.assignments)["c0"] == "e"
+    assert result.objective == pytest.approx(10.0) == result.lower_bound
 
 
 @pytest.mark.parametrize(("seed", "share"), [(280, 0.02), (324, 0.1)])
