@@ -359,6 +359,15 @@ def test_a_customer_gaining_nothing_moves_to_make_room_for_one_only_its_owner_ma
     assert reason_of(result.assignments) == {"x": OVER_CAPACITY, "n": NEW}
 
 
+def test_no_customers_allocate_to_nothing_and_no_owners_are_refused() -> None:
+    # Two alike owners form a class; with no customers it hands on nothing.
+    alike = owners(("a", "north", "retail", 3, 1, True), ("b", "north", "retail", 3, 1, True))
+    customers = book(("x", "north", "retail", "A", 1.0), ("y", "south", "retail", "C", 2.0))
+    assert allocate(customers.iloc[:0], alike).assignments.empty
+    with pytest.raises(AllocationError, match=r"owners: the table has 0 rows"):
+        allocate(customers, alike.iloc[:0])
+
+
 def test_owners_alike_share_seats_and_each_stays_within_its_capacity() -> None:
     # Three owners cost the same for everyone: the program sees one class of 6 seats, which
     # must still go to the owners within each one's capacity and never to the inactive one.

@@ -136,10 +136,13 @@ def owner_table(owners: pd.DataFrame) -> pd.DataFrame:
     value covers nothing. ``seniority`` defaults to 1, ``active`` to true.
 
     Raises:
-        AllocationError: Owner ids repeat or are missing, or a capacity is negative or missing.
+        AllocationError: No owners, owner ids repeat or are missing, or a capacity is negative
+            or missing.
     """
     if "owner_id" not in owners.columns:
         raise AllocationError("owners: required column 'owner_id' is missing")
+    if owners.empty:  # almost surely a broken extract: refuse rather than unassign everyone
+        raise AllocationError("owners: the table has 0 rows; allocation needs at least one owner")
     frame = owners.copy()
     ids = frame["owner_id"]
     if ids.isna().any():
@@ -459,6 +462,8 @@ class _OwnerClasses:
         order; where rounding left the two totals apart, the smaller one is handed on.
         """
         out = np.zeros((arrivals.shape[0], n_owners), dtype=np.int64)
+        if not len(out):  # no customers, nothing to hand on
+            return out
         alone = self.single >= 0
         out[:, self.single[alone]] = arrivals[:, alone]
         bounds = np.searchsorted(self.seat_row, np.arange(self.n_shared + 1))
