@@ -117,8 +117,10 @@ class Allocation:
             their owner's capacity forced out.
         budget: Moves for broken rules the run was allowed (``max_moves_share``).
         objective: Total cost of the allocation made.
-        lower_bound: The linear program's optimum; ``objective`` exceeds it only by what
-            placing the few customers of fractional flows cost (``_place_leftovers``).
+        lower_bound: The linear program's optimum with the run's budget, a bound no
+            allocation beats; ``objective`` exceeds it only by what rounding fractional flows
+            cost (the few customers ``_place_leftovers`` places, or a re-solve with a tighter
+            budget when rounding overshot it).
     """
 
     assignments: pd.DataFrame
@@ -294,8 +296,10 @@ def allocate(
     # Rounding fractional flows can cost a move or two beyond the budget (a leftover placed
     # away from its full owner): then solve again with the budget row tightened by the excess.
     limit = budget + overflow
+    bound = None  # the first program's optimum: a tightened budget only raises it
     for _ in range(3):
         flows = _solve(groups, costs.total, owners, active, weights, limit)
+        bound = flows.objective if bound is None else bound
         placed = _disaggregate(frame, groups, flows, costs, owners)
         excess = _moves_from_active(placed) - overflow - budget
         if excess <= 0 or limit == 0:
@@ -311,7 +315,7 @@ def allocate(
         forced_moves=int(gone.sum()) + min(overflow, from_active),
         budget=budget,
         objective=_realised_cost(placed, costs, weights),
-        lower_bound=float(flows.objective),
+        lower_bound=float(bound if bound is not None else flows.objective),
     )
 
 
@@ -515,7 +519,6 @@ def _linprog_by_columns(
             raise AllocationError(f"the allocation solver stopped: {result.message}")
         reduced = cost - a_ub.T @ result.ineqlin.marginals - a_eq.T @ result.eqlin.marginals
         joining = ~use & (reduced < -1e-7)
-
         if not joining.any():
             break
         use |= joining
@@ -545,6 +548,9 @@ def _solve(
     """
     n_groups = len(groups)
     n_profiles, n_owners = profile_costs.shape
+    if n_groups == 0:  # no customers: HiGHS refuses a program without variables
+        none = np.zeros(0, dtype=np.int64)
+        return _Flows(none, none, np.zeros((n_profiles, n_owners), dtype=np.int64), 0.0)
     stay_owner = groups["stay_owner"].to_numpy(dtype=np.int64)
     profile = groups["profile"].to_numpy(dtype=np.int64)
     count = groups["n"].to_numpy(dtype=np.int64)
