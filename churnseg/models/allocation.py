@@ -431,21 +431,18 @@ class _OwnerClasses:
     def of(cls, profile_costs: NDArray[np.float64], active: NDArray[np.bool_]) -> _OwnerClasses:
         """Return the classes of the active owners from their cost columns."""
         owner_ids = np.flatnonzero(active)
-        columns = profile_costs[:, owner_ids].T
-        if columns.shape[1] == 0:  # no customers: every owner costs nothing, one class
-            columns = np.zeros((len(owner_ids), 1))
-        unique, inverse = np.unique(columns, axis=0, return_inverse=True)
+        unique, inverse = np.unique(profile_costs[:, owner_ids].T, axis=0, return_inverse=True)
         inverse = inverse.reshape(-1)
-        size = np.bincount(inverse, minlength=len(unique))
-        several = size > 1
+        several = np.bincount(inverse, minlength=len(unique)) > 1
         row = np.full(len(unique), -1, dtype=np.int64)
         row[several] = np.arange(int(several.sum()))
+        in_shared = several[inverse]  # per active owner
         alone = np.full(len(unique), -1, dtype=np.int64)
-        alone[inverse[~several[inverse]]] = owner_ids[~several[inverse]]
-        shared = np.flatnonzero(several[inverse])
+        alone[inverse[~in_shared]] = owner_ids[~in_shared]
+        shared = np.flatnonzero(in_shared)
         shared = shared[np.argsort(row[inverse[shared]], kind="stable")]
         return cls(
-            costs=unique.T[: profile_costs.shape[0]],
+            costs=unique.T,
             single=alone,
             row=row,
             seat_owner=owner_ids[shared],
@@ -466,8 +463,6 @@ class _OwnerClasses:
         order; where rounding left the two totals apart, the smaller one is handed on.
         """
         out = np.zeros((arrivals.shape[0], n_owners), dtype=np.int64)
-        if not len(out):  # no customers, nothing to hand on
-            return out
         alone = self.single >= 0
         out[:, self.single[alone]] = arrivals[:, alone]
         bounds = np.searchsorted(self.seat_row, np.arange(self.n_shared + 1))
