@@ -467,6 +467,60 @@ def test_rows_in_equal_clean_plus_quarantined(rows: list[tuple[object, ...]]) ->
     assert quarantined.reason.notna().all()
 
 
+def _key(values: pd.Series) -> tuple[object, ...]:
+    return tuple(None if pd.isna(v) else v for v in values)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    rows=st.lists(
+        st.tuples(
+            st.sampled_from(["o1", None]),
+            st.sampled_from(["A", "B", None]),
+            st.sampled_from(["2024-01-01", "2024-01-02 10:00", "2031-01-01"]),
+            st.sampled_from(["10", "-10", "5"]),
+            st.booleans(),
+            st.sampled_from(["p1", None]),
+            st.integers(1, 2),
+        ),
+        max_size=30,
+    ),
+    notes=st.lists(st.sampled_from(["x", None]), min_size=30, max_size=30),
+)
+def test_duplicates_are_later_passing_copies_in_row_order(
+    rows: list[tuple[object, ...]], notes: list[str | None]
+) -> None:
+    # The clean stage sends only rows whose key hash repeats through the duplicate windows;
+    # the tags must be exactly the rule's: a passing row is a duplicate row when an earlier
+    # passing row has the same content (a source column outside the contract included), else
+    # a repeated order line when it has an order id and an earlier passing row has the same
+    # customer, order, product, quantity, amount and return flag.
+    frame = raw_transactions(rows)
+    for col in ("order_id", "cust", "ts", "amount"):
+        frame[col] = frame[col].astype("string")
+    frame["note"] = pd.Series(notes[: len(frame)], dtype="string")
+    kept, quarantined = clean(frame, known=["A", "B"])
+    tagged = pd.concat([kept.drop(columns="is_extreme"), quarantined]).sort_values("_row")
+    duplicate_reasons = (c.DUPLICATE_ROW, c.DUPLICATE_ORDER_LINE)
+    content = [col for col in tagged.columns if col not in ("_row", "reason")]
+    line = ["customer_id", "order_id", "product", "quantity", "amount", "is_return"]
+    seen_content: set[tuple[object, ...]] = set()
+    seen_line: set[tuple[object, ...]] = set()
+    expected = {}
+    for _, row in tagged.iterrows():
+        if pd.notna(row.reason) and row.reason not in duplicate_reasons:
+            expected[row._row] = row.reason  # a row rule failed first: never a duplicate
+            continue
+        whole, order_line = _key(row[content]), _key(row[line])
+        if whole in seen_content:
+            expected[row._row] = c.DUPLICATE_ROW
+        elif pd.notna(row.order_id) and order_line in seen_line:
+            expected[row._row] = c.DUPLICATE_ORDER_LINE
+        seen_content.add(whole)
+        seen_line.add(order_line)
+    assert reasons(quarantined) == expected
+
+
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     rows=st.lists(
