@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -403,3 +404,49 @@ def test_reading_a_feature_table_leaves_no_freed_arrow_memory_resident(tmp_path:
     grown, frame = (float(x) for x in out.stdout.split())
     assert frame == pytest.approx(96, rel=0.01)
     assert grown < frame * 1.3, f"resident memory grew {grown:.0f} MB for a {frame:.0f} MB frame"
+
+
+def test_binned_decision_is_the_models_own_decision_bit_for_bit() -> None:
+    """Trees walked on binned rows give scikit-learn's raw scores exactly, or nothing."""
+    from churnseg.models import churn as churn_model
+    from churnseg.models.calibration import CalibratedChurnModel
+    from churnseg.models.trees import binned_decision
+
+    rng = np.random.default_rng(11)
+    n = 3000
+    X = pd.DataFrame(
+        {
+            "a": rng.normal(size=n),
+            # Missing values, ties on bin edges and values beyond the training range later.
+            "c": np.where(rng.random(n) < 0.15, np.nan, np.round(rng.gamma(2.0, 3.0, n), 1)),
+            "region": rng.choice(["north", "south", "west", None], n),
+        }
+    )
+    y = ((X.a - X.c.fillna(0) / 3 + (X.region == "west") + rng.normal(size=n)) > -1).astype(int)
+    spec = churn_model.FeatureSpec(["a", "c"], ["region"])
+    grid = {**churn_model.PARAM_GRIDS["hgb"][0], "max_iter": 60, "min_samples_leaf": 5}
+    base = churn_model.candidate_pipeline("hgb", spec, grid).fit(X[:2000], y[:2000])
+    later = X[2000:].copy()
+    later.loc[later.index[:50], "c"] = np.inf
+    later.loc[later.index[50:100], "c"] = -1e9
+    later.loc[later.index[100:150], "region"] = "east"  # never seen: encoded as missing
+    expected = base.decision_function(later)
+    got = binned_decision(base, later)
+    assert got is not None
+    np.testing.assert_array_equal(got, expected)
+    # Through churn_scores, the calibrated and ranking probabilities are unchanged too.
+    model = CalibratedChurnModel(base, "isotonic").fit(X[2000:2500], y[2000:2500])
+    proba, score = churn_model.churn_scores(model, later)
+    np.testing.assert_array_equal(score, base.predict_proba(later)[:, 1])
+    np.testing.assert_array_equal(proba, model.predict_proba(later)[:, 1])
+    # The estimator's own encoder turns a code it never saw into a missing value first, so
+    # such a row bins like scikit-learn predicts it.
+    bare = base[-1]
+    matrix = base[:-1].transform(later)
+    matrix[:5, 2] = 7.0  # an ordinal code past every known one
+    np.testing.assert_array_equal(binned_decision(bare, matrix), bare.decision_function(matrix))
+    # Were a category unknown to the bins after all, no binned answer: the caller predicts.
+    odd = copy.deepcopy(bare)
+    cat = int(np.flatnonzero(odd._bin_mapper.is_categorical_)[0])
+    odd._bin_mapper.bin_thresholds_[cat] = odd._bin_mapper.bin_thresholds_[cat][:-1]
+    assert binned_decision(odd, matrix) is None

@@ -22,10 +22,15 @@ import pandas as pd
 from numpy.typing import NDArray
 from scipy.special import expit
 from sklearn.compose import ColumnTransformer
-from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.pipeline import Pipeline
-from sklearn.utils._openmp_helpers import _openmp_effective_n_threads
 
+from churnseg.models.trees import (
+    INTERNALS_MOVED,
+    binned_rows,
+    inner_columns,
+    is_binary_hgb,
+    tree_leaves,
+)
 from churnseg.models.wording import churned_reasons, describe, top_reasons
 
 _EPS = 1e-6
@@ -242,8 +247,8 @@ class _TreeSum:
     - Occluding feature j changes only the trees that split on j; the other trees' leaves
       cancel in the attribution, so only the trees that use j are evaluated again.
 
-    It reads scikit-learn internals (``_predictors``, ``_baseline_prediction``, ``_bin_mapper``,
-    ``_preprocess_X``). :meth:`of` returns None when they are missing or when the binned sum
+    It reads scikit-learn internals (through ``trees``, which scoring's own prediction shares).
+    :meth:`of` returns None when they are missing or when the binned sum
     differs from the model's own prediction on any row or on the reference row; the caller
     then predicts the whole model.
     """
@@ -272,23 +277,17 @@ class _TreeSum:
             reference_row: The prepared reference row.
             base_logit: Logit of the model's P(churn) of ``matrix``: the check of the sum.
         """
-        if not isinstance(estimator, HistGradientBoostingClassifier) or len(matrix) == 0:
+        if not is_binary_hgb(estimator) or len(matrix) == 0:
             return None
         try:
             predictors = estimator._predictors
-            if len(estimator.classes_) != 2 or any(len(p) != 1 for p in predictors):
-                return None
             baseline = float(np.asarray(estimator._baseline_prediction).ravel()[0])
             # Trees index the estimator's own preprocessed columns (categoricals moved first).
-            inner = _inner_columns(estimator, matrix.shape[1])
-            mapper = estimator._bin_mapper
-
-            def bins(rows: NDArray[np.float64]) -> NDArray[np.uint8]:
-                inside = estimator._preprocess_X(rows, reset=False)
-                return np.asarray(mapper.transform(np.asarray(inside, dtype=np.float64)))
-
-            binned = bins(matrix)
-            reference_bins = bins(reference_row[None, :])
+            inner = inner_columns(estimator, matrix.shape[1])
+            binned = binned_rows(estimator, matrix)
+            reference_bins = binned_rows(estimator, reference_row[None, :])
+            if binned is None or reference_bins is None:
+                return None
             users: dict[int, list[int]] = {}
             for t, (tree,) in enumerate(predictors):
                 splits = tree.nodes["feature_idx"][~tree.nodes["is_leaf"].astype(bool)]
@@ -300,11 +299,11 @@ class _TreeSum:
                 if int(inner[j]) in users
             }
             every = range(len(predictors))
-            leaves = _tree_leaves(estimator, binned, every)
+            leaves = tree_leaves(estimator, binned, every)
             raw = baseline + leaves.sum(axis=1)
-            reference_raw = baseline + _tree_leaves(estimator, reference_bins, every).sum()
+            reference_raw = baseline + tree_leaves(estimator, reference_bins, every).sum()
             expected = estimator._raw_predict(reference_row[None, :]).ravel()[0]
-        except (AttributeError, TypeError, ValueError, IndexError, KeyError):
+        except INTERNALS_MOVED:
             return None  # scikit-learn internals moved: predict the whole model instead
         same = np.allclose(_logit(expit(raw)), base_logit, rtol=1e-9, atol=1e-9)
         if not (same and np.isclose(reference_raw, expected, rtol=1e-9, atol=1e-9)):
@@ -324,45 +323,8 @@ class _TreeSum:
             before = np.zeros(len(index), dtype=np.float64)
             for t in users:
                 before += self.leaves[index, t]
-            raw = raw - before + _tree_leaves(self.estimator, probe, users).sum(axis=1)
+            raw = raw - before + tree_leaves(self.estimator, probe, users).sum(axis=1)
         return np.asarray(expit(raw), dtype=np.float64)
-
-
-def _tree_leaves(
-    estimator: Any, binned: NDArray[np.uint8], trees: Sequence[int] | NDArray[np.intp]
-) -> NDArray[np.float64]:
-    """Return the leaf value of each of ``trees`` (by index) for each binned row."""
-    missing = estimator._bin_mapper.missing_values_bin_idx_
-    threads = _openmp_effective_n_threads()
-    # Column-major: each tree fills one contiguous column (row-major strided writes cost more
-    # than the trees themselves), and the per-tree gathers of ``proba_with_reference`` read
-    # whole columns too.
-    out = np.empty((len(binned), len(trees)), dtype=np.float64, order="F")
-    for k, t in enumerate(trees):
-        out[:, k] = estimator._predictors[t][0].predict_binned(binned, missing, threads)
-    return out
-
-
-def _inner_columns(estimator: Any, n_inputs: int) -> NDArray[np.intp]:
-    """Return, per input column, its index among a HistGradientBoosting model's own columns.
-
-    With categorical features the estimator reorders its input (``_preprocessor``: encoded
-    categoricals first, then the numbers), and its trees index that order.
-    """
-    pre = estimator._preprocessor
-    if pre is None:
-        return np.arange(n_inputs, dtype=np.intp)
-    inner = np.full(n_inputs, -1, dtype=np.intp)
-    for name, _, cols in pre.transformers_:
-        span = pre.output_indices_[name]
-        picked = np.asarray(cols)
-        idx = np.flatnonzero(picked) if picked.dtype == bool else picked.astype(np.intp)
-        if len(idx) != span.stop - span.start:
-            raise ValueError(f"cannot map the columns of {name!r}")
-        inner[idx] = np.arange(span.start, span.stop)
-    if (inner < 0).any():
-        raise ValueError("some input columns are not used by the model")
-    return inner
 
 
 # The words: templates, one fact per reason, why a customer counts as churned already.
