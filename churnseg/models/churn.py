@@ -37,7 +37,6 @@ from churnseg.models.transforms import (
     season_of_cutoff,
     signed_log1p,
 )
-from churnseg.models.trees import binned_decision
 
 LABEL = "churned"
 SNAPSHOT = "snapshot_date"
@@ -653,11 +652,7 @@ def churn_scores(
         decision = np.empty(len(inputs), dtype=np.float64)
         for start in range(0, len(inputs), PREDICT_ROWS):
             rows = inputs.iloc[start : start + PREDICT_ROWS]
-            # Trees walked on binned rows: the same numbers, 19 s -> 10 s at 1M customers.
-            binned = binned_decision(ranking, rows)
-            decision[start : start + len(rows)] = (
-                binned if binned is not None else decision_values(ranking, rows)
-            )
+            decision[start : start + len(rows)] = decision_values(ranking, rows)
         return model.calibrate(decision), np.asarray(expit(decision), dtype=np.float64)
     calibrated = getattr(model, "calibrated_classifiers_", [])
     one_calibrator = len(calibrated) == 1 and len(calibrated[0].calibrators) == 1
