@@ -8,6 +8,8 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sklearn.linear_model import LogisticRegression
 
 from churnseg.models import evaluation as ev
@@ -450,3 +452,35 @@ def test_binned_decision_is_the_models_own_decision_bit_for_bit() -> None:
     cat = int(np.flatnonzero(odd._bin_mapper.is_categorical_)[0])
     odd._bin_mapper.bin_thresholds_[cat] = odd._bin_mapper.bin_thresholds_[cat][:-1]
     assert binned_decision(odd, matrix) is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    values=st.lists(
+        st.one_of(st.sampled_from([0.0, -0.0, 1.5]), st.none()), min_size=1, max_size=6
+    ),
+    text=st.lists(st.sampled_from(["a", "b", None]), min_size=1, max_size=6),
+)
+def test_uninformative_columns_are_all_missing_or_one_value(
+    values: list[float | None], text: list[str | None]
+) -> None:
+    from churnseg.models import churn as churn_model
+
+    n = min(len(values), len(text))
+    frame = pd.DataFrame(
+        {
+            "x": pd.Series(values[:n], dtype="float64"),
+            "t": pd.Series(text[:n], dtype="string"),
+            "k": pd.Series(text[:n], dtype="category"),
+        }
+    )
+    spec = churn_model.FeatureSpec(["x"], ["t", "k"])
+    dropped = churn_model.uninformative_columns(frame, spec)
+    for col in ("x", "t", "k"):
+        column = frame[col]
+        if column.isna().all():
+            assert dropped[col] == "missing on every training row"
+        elif column.nunique(dropna=False) <= 1:
+            assert dropped[col].startswith("constant on the training rows")
+        else:
+            assert col not in dropped
