@@ -344,31 +344,25 @@ def _tag(
     # The first failing rule, computed once: the duplicate checks and the reason all read it
     # (inlined, its lookups such as the unknown-customer join ran once per use).
     t = table.mutate(**{_FAILED: _first_failing(rules)})
-    flags = [c for c in t.columns if c.startswith(BAD_PREFIX)]
-    common = _common_key_columns(t, [keys for keys, _, _ in duplicates])
-    if common is None:  # keys that are not plain columns: every row through the windows
-        passing = t[_FAILED].isnull()
-        checks = _duplicate_checks(t, passing, duplicates, order_by, table[ROW])
-        tagged = t.mutate(**{REASON: ibis.coalesce(t[_FAILED], _first_failing(checks))})
-        return tagged.drop(_FAILED, *flags)
     # Each duplicate window sorts the rows it reads (at 1M customers, 23M transaction lines
     # sorted twice were half of the clean stage). A duplicate under any rule shares the
     # columns every rule keys on with another passing row, so only the passing rows whose hash
     # of those columns repeats go through the windows: the same tags (a hash collision only
     # adds a row to check), from a sort of a few rows instead of all.
-    t = t.mutate(**{_KEY_HASH: ibis.struct({c: t[c] for c in common}).hash()})
-    passing = t[_FAILED].isnull()
-    ok = t.filter(passing)
-    repeated = ok.group_by(_KEY_HASH).aggregate(_n=ok.count()).filter(lambda g: g._n > 1)
-    candidates = t.filter(passing & t[_KEY_HASH].isin(repeated[_KEY_HASH]))
-    checks = _duplicate_checks(
-        candidates, candidates[_FAILED].isnull(), duplicates, order_by, candidates[ROW]
-    )
+    candidates = t.filter(t[_FAILED].isnull())
+    common = _common_key_columns(t, [keys for keys, _, _ in duplicates])
+    if common is not None:  # else (a key is not a plain column) every passing row is checked
+        key = ibis.struct({c: candidates[c] for c in common}).hash()
+        hashed = candidates.mutate(**{_KEY_HASH: key})
+        counts = hashed.group_by(_KEY_HASH).aggregate(_n=hashed.count())
+        repeated = counts.filter(counts._n > 1)
+        candidates = hashed.filter(hashed[_KEY_HASH].isin(repeated[_KEY_HASH]))
+    checks = _duplicate_checks(candidates, duplicates, order_by)
     found = candidates.select(ROW, **{_DUPLICATE: _first_failing(checks)})
     found = found.filter(found[_DUPLICATE].notnull())
     joined = t.left_join(found, ROW)
     reason = ibis.coalesce(joined[_FAILED], joined[_DUPLICATE])
-    kept = [c for c in t.columns if c not in (_FAILED, _KEY_HASH, *flags)]
+    kept = [c for c in t.columns if c != _FAILED and not c.startswith(BAD_PREFIX)]
     return joined.select(*kept, **{REASON: reason})
 
 
@@ -387,13 +381,12 @@ def _common_key_columns(t: ir.Table, key_sets: list[list[ir.Value]]) -> list[str
 
 def _duplicate_checks(
     t: ir.Table,
-    passing: ir.BooleanValue,
     duplicates: list[tuple[list[ir.Value], ir.BooleanValue | None, str]],
     order_by: list[ir.Value] | None,
-    row: ir.Value,
 ) -> list[tuple[ir.BooleanValue, str]]:
     """Return ``(is a duplicate, reason)`` per rule: an earlier passing row has the same key."""
-    order = t.bind(order_by if order_by is not None else [row])
+    passing = t[_FAILED].isnull()
+    order = t.bind(order_by if order_by is not None else [t[ROW]])
     checks: list[tuple[ir.BooleanValue, str]] = []
     for keys, condition, reason in duplicates:
         window = ibis.window(group_by=[*t.bind(keys), passing], order_by=order)
