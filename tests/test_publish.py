@@ -25,6 +25,7 @@ from churnseg.pipelines.publish import (
     PublishTarget,
     ensure_schema,
     latest_snapshot,
+    open_sink,
     publish_quarantine,
     publish_scores,
     publish_segment_profiles,
@@ -35,6 +36,7 @@ from churnseg.pipelines.sinks.schema import (
     SCHEMA_VERSION,
     OutputNames,
 )
+from churnseg.pipelines.sinks.sqlite import PAGE_CACHE_KIB
 
 PG_URL = os.environ.get("CHURNSEG_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -177,6 +179,14 @@ def test_retention_keeps_the_newest_snapshots(target: PublishTarget, tmp_path: P
         publish_scores(write(scores(day, ["A", "B"], 0.1), tmp_path / f"{i}.parquet"), target)
     kept = query(target, "SELECT DISTINCT snapshot_date FROM {schema}.customer_scores ORDER BY 1")
     assert [d for (d,) in kept] == days[-3:], "keep_snapshots=3 keeps the three newest"
+
+
+def test_sqlite_publisher_keeps_index_pages_in_a_large_page_cache(tmp_path: Path) -> None:
+    # SQLite's 2 MiB default makes publishing 1M rows into out-of-order indexes re-read pages
+    # (bench/bench_publish.py); the cache is the connection's, so each publisher sets it.
+    with open_sink(PublishTarget(f"sqlite:///{tmp_path / 'out.db'}")) as sink:
+        rows, _ = sink.query("PRAGMA cache_size")
+    assert rows == [(-PAGE_CACHE_KIB,)]
 
 
 def test_schema_version_is_recorded_once_per_object(target: PublishTarget) -> None:

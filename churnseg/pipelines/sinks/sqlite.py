@@ -46,6 +46,12 @@ SQLITE_TYPES = {
     Kind.JSON: "TEXT",
 }
 TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+# Page cache of a connection, in KiB (SQLite's default is 2 MiB). A publish inserts a snapshot
+# into tables whose secondary indexes are not in the rows' order (assignments by owner); with
+# the default cache their B-tree pages are evicted and re-read all along. At 1M customers,
+# scores and assignments: 29 s -> 20 s over an earlier snapshot, 19 s -> 16 s into new tables.
+# Pages are allocated as used, so a small database never takes it all.
+PAGE_CACHE_KIB = 256 * 1024
 
 
 def sqlite_values(array: pa.Array, kind: Kind) -> list[Any]:
@@ -73,6 +79,7 @@ class SqliteSink:
         # isolation_level=None: transactions are ours, spelled out, never implicit.
         self._con = sqlite3.connect(path, timeout=lock_timeout, isolation_level=None)
         self._con.execute("PRAGMA journal_mode=WAL")
+        self._con.execute(f"PRAGMA cache_size = -{PAGE_CACHE_KIB}")  # negative: KiB
 
     def close(self) -> None:
         """Close the connection; an open transaction is rolled back."""
