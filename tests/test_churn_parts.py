@@ -192,6 +192,10 @@ def test_churn_scores_equal_two_predictions(
     proba, score = churn_model.churn_scores(model, X)
     np.testing.assert_array_equal(proba, churn_model.churn_probability(model, X))
     np.testing.assert_array_equal(score, churn_model.churn_probability(base, X))
+    # The uncalibrated pipeline (the search's and backtests' prediction) to the last bit.
+    np.testing.assert_array_equal(
+        churn_model.churn_probability(base, X), base.predict_proba(X)[:, 1]
+    )
     assert not np.array_equal(proba, score), "calibration changed something"
     # Predicted in chunks of 64 rows (the last one short): what one call on every row gives.
     monkeypatch.setattr(churn_model, "PREDICT_ROWS", 64)

@@ -37,6 +37,7 @@ from churnseg.models.transforms import (
     season_of_cutoff,
     signed_log1p,
 )
+from churnseg.models.trees import binned_decision
 
 LABEL = "churned"
 SNAPSHOT = "snapshot_date"
@@ -349,7 +350,7 @@ def time_aware_search(
         for params in PARAM_GRIDS[name]:
             model = candidate_pipeline(name, spec, params, random_state)
             model.fit(fit_rows[spec.columns], fit_rows[LABEL])
-            proba = model.predict_proba(last[spec.columns])[:, 1]
+            proba = churn_probability(model, last)
             score = ranking_metrics(last[LABEL], proba, 0.1)["roc_auc"]
             trials.append({"candidate": name, "params": params, "roc_auc": score})
             predictions.append(np.asarray(proba, dtype=np.float64))
@@ -592,7 +593,7 @@ def backtest(
         if proba is None:
             model = candidate_pipeline(name, spec, params, random_state)
             model.fit(past[spec.columns], past[LABEL])
-            proba = model.predict_proba(test[spec.columns])[:, 1]
+            proba = churn_probability(model, test)
         fold = {
             "cutoff": str(pd.Timestamp(cutoff).date()),
             "train_rows": len(past),
@@ -631,7 +632,7 @@ def _without_newest(
         return {"roc_auc_without_newest": float("nan")}
     model = candidate_pipeline(name, spec, params, random_state)
     model.fit(past.loc[older, spec.columns], past.loc[older, LABEL])
-    proba = model.predict_proba(test[spec.columns])[:, 1]
+    proba = churn_probability(model, test)
     return {"roc_auc_without_newest": ranking_metrics(test[LABEL], proba, 0.1)["roc_auc"]}
 
 
@@ -674,13 +675,21 @@ PREDICT_ROWS = 100_000
 def churn_probability(model: Any, frame: pd.DataFrame) -> NDArray[np.float64]:
     """Return P(churn) for each row of a raw feature table, predicted ``PREDICT_ROWS`` at a time.
 
-    Every step predicts row by row, so the result is the one a single call gives.
+    Every step predicts row by row, so the result is the one a single ``predict_proba`` call
+    gives, to the last bit.
     """
     inputs = _inputs(model, frame)
     out = np.empty(len(inputs), dtype=np.float64)
     for start in range(0, len(inputs), PREDICT_ROWS):
         rows = inputs.iloc[start : start + PREDICT_ROWS]
-        out[start : start + len(rows)] = model.predict_proba(rows)[:, 1]
+        # Gradient boosting's predict_proba is the logistic of its decision function, which
+        # its trees give walked on binned rows bit for bit and three times faster (the search
+        # and the backtests predict a cutoff per fit).
+        decision = binned_decision(model, rows)
+        if decision is not None:
+            out[start : start + len(rows)] = expit(decision)
+        else:
+            out[start : start + len(rows)] = model.predict_proba(rows)[:, 1]
     return out
 
 
