@@ -153,6 +153,9 @@ def test_prepared_attributions_equal_plain_occlusion(candidate: str) -> None:
         plain = base - reasons._logit(model.predict_proba(probe)[:, 1])
         np.testing.assert_allclose(fast[col], plain, rtol=1e-7, atol=1e-9)
         np.testing.assert_allclose(direct[:, i], plain, rtol=1e-7, atol=1e-9)
+        # 0 exactly where the reference changes nothing, as in the plain method: the tree
+        # path once left +-1e-16 there, and top_reasons named such a fact as a reason.
+        np.testing.assert_array_equal(fast[col] == 0, plain == 0)
     assert (fast["b"][X.b == ref["b"]] == 0).all()
     if candidate == "hgb":  # unseen and missing categories bin like the model predicts them
         later = X.assign(region=["east"] * 20 + [None] * 20 + list(X.region[40:]))

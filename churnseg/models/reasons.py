@@ -226,11 +226,12 @@ class _PreparedRows:
             if not differs.any():
                 continue
             if trees is not None:
-                occluded = trees.proba_with_reference(differs, j)
-            else:
-                probe = matrix[differs]
-                probe[:, j] = ref
-                occluded = self.estimator.predict_proba(probe)[:, 1]
+                moved, occluded = trees.proba_with_reference(differs, j)
+                out[moved, i] = base_logit[moved] - _logit(occluded)
+                continue
+            probe = matrix[differs]
+            probe[:, j] = ref
+            occluded = self.estimator.predict_proba(probe)[:, 1]
             out[differs, i] = base_logit[differs] - _logit(occluded)
         return out
 
@@ -310,21 +311,35 @@ class _TreeSum:
             return None
         return cls(estimator, binned, reference_bins[0], leaves, raw, inner, by_input)
 
-    def proba_with_reference(self, rows: NDArray[np.bool_], feature: int) -> NDArray[np.float64]:
-        """Return P(churn) of the ``rows`` with input column ``feature`` at the reference."""
+    def proba_with_reference(
+        self, rows: NDArray[np.bool_], feature: int
+    ) -> tuple[NDArray[np.intp], NDArray[np.float64]]:
+        """Return the rows a reference value of input column ``feature`` moves, and their P(churn).
+
+        The rows are indices into the table, among those ``rows`` selects. A row moves when
+        some tree puts it in another leaf; the others keep the model's prediction, so their
+        attribution is 0 exactly (computed, it was the difference of two sums added in other
+        orders, up to 5e-13, and a positive one named a fact that changes nothing as a
+        reason). A row whose bin of ``feature`` is the reference's cannot move, nor can any
+        row when no tree splits on it: neither is walked.
+        """
         users = self.users.get(feature)
-        raw = self.raw[rows]
-        if users is not None:
-            index = np.flatnonzero(rows)
-            column = self.inner[feature]
-            probe = self.binned[index]
-            probe[:, column] = self.reference_bins[column]
-            # Tree by tree: gathers from contiguous columns, 3x faster than one np.ix_ gather.
-            before = np.zeros(len(index), dtype=np.float64)
-            for t in users:
-                before += self.leaves[index, t]
-            raw = raw - before + tree_leaves(self.estimator, probe, users).sum(axis=1)
-        return np.asarray(expit(raw), dtype=np.float64)
+        if users is None:
+            return np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.float64)
+        column = self.inner[feature]
+        index = np.flatnonzero(rows & (self.binned[:, column] != self.reference_bins[column]))
+        probe = self.binned[index]
+        probe[:, column] = self.reference_bins[column]
+        after = tree_leaves(self.estimator, probe, users)
+        # Tree by tree: gathers from contiguous columns, 3x faster than one np.ix_ gather.
+        before = np.zeros(len(index), dtype=np.float64)
+        moved = np.zeros(len(index), dtype=bool)
+        for k, t in enumerate(users):
+            leaf = self.leaves[index, t]
+            before += leaf
+            moved |= after[:, k] != leaf
+        raw = self.raw[index] - before + after.sum(axis=1)
+        return index[moved], np.asarray(expit(raw[moved]), dtype=np.float64)
 
 
 # The words: templates, one fact per reason, why a customer counts as churned already.
