@@ -49,8 +49,8 @@ TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 # Page cache of a connection, in KiB (SQLite's default is 2 MiB). A publish inserts a snapshot
 # into tables whose secondary indexes are not in the rows' order (assignments by owner); with
 # the default cache their B-tree pages are evicted and re-read all along. At 1M customers,
-# scores and assignments: 29 s -> 20 s over an earlier snapshot, 19 s -> 16 s into new tables.
-# Pages are allocated as used, so a small database never takes it all.
+# scores and assignments: about 29 s -> 23 s over an earlier snapshot, 21 s -> 17 s into new
+# tables. Pages are allocated as used, so a small database never takes it all.
 PAGE_CACHE_KIB = 256 * 1024
 
 
