@@ -661,8 +661,7 @@ def churn_scores(
     one_calibrator = len(calibrated) == 1 and len(calibrated[0].calibrators) == 1
     if not (one_calibrator and hasattr(ranking, "decision_function")):
         return churn_probability(model, frame), churn_probability(ranking, frame)
-    decision = np.asarray(ranking.decision_function(_inputs(model, frame)), dtype=np.float64)
-    decision = decision.ravel()
+    decision = decision_values(ranking, _inputs(model, frame))
     proba = np.asarray(calibrated[0].calibrators[0].predict(decision), dtype=np.float64)
     return proba, np.asarray(expit(decision), dtype=np.float64)
 
