@@ -182,8 +182,9 @@ def test_retention_keeps_the_newest_snapshots(target: PublishTarget, tmp_path: P
 
 
 def test_sqlite_publisher_keeps_index_pages_in_a_large_page_cache(tmp_path: Path) -> None:
-    # SQLite's 2 MiB default makes publishing 1M rows into out-of-order indexes re-read pages
-    # (bench/bench_publish.py); the cache is the connection's, so each publisher sets it.
+    # SQLite's 2 MiB default made publishing 1M assignments into their out-of-order owner
+    # index re-read pages (README, Performance); the cache is the connection's, so each
+    # publisher sets it.
     with open_sink(PublishTarget(f"sqlite:///{tmp_path / 'out.db'}")) as sink:
         rows, _ = sink.query("PRAGMA cache_size")
     assert rows == [(-PAGE_CACHE_KIB,)]
