@@ -6,6 +6,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -77,13 +78,15 @@ RUN_TABLES = ("customers", "transactions", "events", "subscriptions", "owners", 
 
 
 @pytest.fixture(scope="session")
-def trained_state(
+def trained_run(
     small_sample: Path, tmp_path_factory: pytest.TempPathFactory, prefect_harness: None
-) -> Path:
+) -> tuple[Path, dict[str, Any]]:
     """A state folder after one retrain on a copy of the small sample (default config).
 
-    Holds ``config.yaml``, the sources in ``data/``, the published ``scores.db`` and the MLflow
-    store. Read-only: a test that changes data or publishes takes a copy (``copy_state``).
+    The state holds ``config.yaml``, the sources in ``data/``, the published ``scores.db`` and
+    the MLflow store; the summary is the retrain flow's. One retrain (about 20 s) serves every
+    module that needs a trained, published state. Read-only: a test that changes data or
+    publishes takes a copy (``copy_state``).
     """
     import shutil
 
@@ -97,8 +100,13 @@ def trained_state(
     config["sample"] = {"enabled": False}
     config["snapshots"]["max_train_cutoffs"] = 2
     path = _write_state_config(config, state)
-    retrain_flow(config_path=str(path))
-    return state
+    return state, retrain_flow(config_path=str(path))
+
+
+@pytest.fixture(scope="session")
+def trained_state(trained_run: tuple[Path, dict[str, Any]]) -> Path:
+    """The state folder of ``trained_run`` (read-only: copy it with ``copy_state``)."""
+    return trained_run[0]
 
 
 def _write_state_config(config: dict[str, object], state: Path) -> Path:

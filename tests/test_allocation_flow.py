@@ -17,6 +17,7 @@ import yaml
 from churnseg.features import cleaning as c
 from churnseg.features.contract import ASSIGNMENTS, OWNERS
 from churnseg.pipelines.publish import AllocationFiles, PublishTarget, publish_scores
+from tests.conftest import copy_state
 from tests.test_publish import PG_URL, drop_schema, postgres_reason
 
 RULES = c.CleaningRules(min_date=date(2020, 1, 1), now=datetime(2025, 1, 1))
@@ -86,23 +87,14 @@ def test_the_latest_crm_assignment_of_a_customer_wins() -> None:
 
 @pytest.fixture(scope="module")
 def allocated(
-    small_sample: Path, tmp_path_factory: pytest.TempPathFactory, prefect_harness: None
+    trained_run: tuple[Path, dict[str, object]], tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[Path, dict[str, object]]:
-    """The retrain flow on the small sample with allocation on (as the default config)."""
-    from churnseg.pipelines.flows import retrain_flow
+    """A copy of the shared retrain's state (allocation on, as the default config), its summary.
 
-    state = tmp_path_factory.mktemp("alloc_state")
-    config = yaml.safe_load(Path("configs/default.yaml").read_text())
-    config["state_dir"] = str(state)
-    config["sources"] = {
-        t: {"path": str(small_sample / f"{t}.parquet")}
-        for t in ("customers", "transactions", "events", "subscriptions", "owners", "assignments")
-    }
-    config["sample"] = {"enabled": False}
-    config["snapshots"]["max_train_cutoffs"] = 3
-    path = state / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path, retrain_flow(config_path=str(path))
+    The tests below publish into the copy; the summary's run folder stays the shared one's.
+    """
+    state, summary = trained_run
+    return copy_state(state, tmp_path_factory.mktemp("alloc") / "state"), summary
 
 
 def read(config_path: Path, sql: str) -> pd.DataFrame:
