@@ -157,6 +157,22 @@ def test_prepared_attributions_equal_plain_occlusion(candidate: str) -> None:
         # path once left +-1e-16 there, and top_reasons named such a fact as a reason.
         np.testing.assert_array_equal(fast[col] == 0, plain == 0)
     assert (fast["b"][X.b == ref["b"]] == 0).all()
+    if candidate == "hgb":  # given the model's bins, the same numbers from unprepared rows
+        from churnseg.models.trees import decision_and_bins
+
+        found = decision_and_bins(model, X)
+        assert found is not None
+        proba = model.predict_proba(X)[:, 1]
+        prep, prepared_rows = model[0], []
+        real_transform = prep.transform
+        prep.transform = lambda rows: (prepared_rows.append(len(rows)), real_transform(rows))[1]
+        with_bins = reasons.attributions(model, X, ["a", "b", "c"], ref, proba, found[1])
+        del prep.transform
+        pd.testing.assert_frame_equal(with_bins, fast, check_exact=True)
+        assert prepared_rows and max(prepared_rows) < len(X), "only the checked rows prepared"
+        # Bins of other rows are not taken for these: every row is prepared, as without.
+        other = reasons.attributions(model, X, ["a", "b", "c"], ref, bins=found[1][::-1])
+        pd.testing.assert_frame_equal(other, fast, check_exact=True)
     if candidate == "hgb":  # unseen and missing categories bin like the model predicts them
         later = X.assign(region=["east"] * 20 + [None] * 20 + list(X.region[40:]))
         again = reasons._PreparedRows.build(model, later, ["a", "b", "c"], ref)
@@ -200,6 +216,19 @@ def test_churn_scores_equal_two_predictions(
         churn_model.churn_probability(base, X), base.predict_proba(X)[:, 1]
     )
     assert not np.array_equal(proba, score), "calibration changed something"
+    if candidate == "hgb":  # the champions' model: the same numbers, and the trees' bins
+        from churnseg.models.calibration import CalibratedChurnModel
+        from churnseg.models.trees import decision_and_bins
+
+        champion = CalibratedChurnModel(base, method).fit(X[400:], y[400:])
+        monkeypatch.setattr(churn_model, "PREDICT_ROWS", 64)  # bins joined across chunks
+        proba, score, bins = churn_model.churn_scores_and_bins(champion, X)
+        np.testing.assert_array_equal(proba, champion.predict_proba(X)[:, 1])
+        np.testing.assert_array_equal(score, base.predict_proba(X)[:, 1])
+        found = decision_and_bins(base, X)
+        assert found is not None and bins is not None
+        np.testing.assert_array_equal(bins, found[1])
+        monkeypatch.undo()
     # Predicted in chunks of 64 rows (the last one short): what one call on every row gives.
     monkeypatch.setattr(churn_model, "PREDICT_ROWS", 64)
     np.testing.assert_array_equal(

@@ -119,13 +119,13 @@ def test_scoring_predicts_each_customer_once_and_equals_predicting_per_batch(
     stages.configure_mlflow(config)
     features = Path(retrained["run_folder"]) / "features" / "scoring.parquet"
     predicted: list[int] = []
-    real = churn_model.churn_scores
+    real = churn_model.churn_scores_and_bins
 
     def counted(model: Any, frame: pd.DataFrame) -> Any:
         predicted.append(len(frame))
         return real(model, frame)
 
-    monkeypatch.setattr(churn_model, "churn_scores", counted)
+    monkeypatch.setattr(churn_model, "churn_scores_and_bins", counted)
     with mlflow.start_run():
         rows = stages.score_stage(config, features, tmp_path / "kept.parquet", "r")
         # The Dask path's context keeps nothing: each batch predicts its rows itself.

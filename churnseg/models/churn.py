@@ -37,7 +37,7 @@ from churnseg.models.transforms import (
     season_of_cutoff,
     signed_log1p,
 )
-from churnseg.models.trees import binned_decision
+from churnseg.models.trees import binned_decision, decision_and_bins
 
 LABEL = "churned"
 SNAPSHOT = "snapshot_date"
@@ -646,24 +646,46 @@ def churn_scores(
     function gives both numbers exactly as two ``predict_proba`` calls would (a test checks
     it). Any other model is predicted twice.
     """
+    proba, score, _ = churn_scores_and_bins(model, frame)
+    return proba, score
+
+
+def churn_scores_and_bins(
+    model: Any, frame: pd.DataFrame
+) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.uint8] | None]:
+    """Return :func:`churn_scores` and, when it walked them, the ranking model's binned rows.
+
+    The bins (``trees.decision_and_bins``, one byte per value) are what the reasons'
+    attributions walk the same trees on: a scoring run hands them over instead of preparing
+    and binning every row again. None for models that are not predicted from bins.
+    """
     ranking = ranking_model(model)
     if ranking is model:
         proba = churn_probability(model, frame)
-        return proba, proba
+        return proba, proba, None
     if isinstance(model, CalibratedChurnModel):
         inputs = _inputs(model, frame)
         decision = np.empty(len(inputs), dtype=np.float64)
+        bins: list[NDArray[np.uint8]] | None = []
         for start in range(0, len(inputs), PREDICT_ROWS):
             rows = inputs.iloc[start : start + PREDICT_ROWS]
-            decision[start : start + len(rows)] = decision_values(ranking, rows)
-        return model.calibrate(decision), np.asarray(expit(decision), dtype=np.float64)
+            found = decision_and_bins(ranking, rows)
+            if found is None:  # not predicted from bins: the usual decision values
+                decision[start : start + len(rows)] = decision_values(ranking, rows)
+                bins = None
+                continue
+            decision[start : start + len(rows)] = found[0]
+            if bins is not None:
+                bins.append(found[1])
+        binned = np.concatenate(bins) if bins else None
+        return model.calibrate(decision), np.asarray(expit(decision), dtype=np.float64), binned
     calibrated = getattr(model, "calibrated_classifiers_", [])
     one_calibrator = len(calibrated) == 1 and len(calibrated[0].calibrators) == 1
     if not (one_calibrator and hasattr(ranking, "decision_function")):
-        return churn_probability(model, frame), churn_probability(ranking, frame)
+        return churn_probability(model, frame), churn_probability(ranking, frame), None
     decision = decision_values(ranking, _inputs(model, frame))
     proba = np.asarray(calibrated[0].calibrators[0].predict(decision), dtype=np.float64)
-    return proba, np.asarray(expit(decision), dtype=np.float64)
+    return proba, np.asarray(expit(decision), dtype=np.float64), None
 
 
 # Rows per predict_proba call: a pipeline copies its input at every step, so predicting a whole

@@ -77,6 +77,7 @@ def attributions(
     columns: Sequence[str],
     reference: Mapping[str, Any],
     base: NDArray[np.float64] | None = None,
+    bins: NDArray[np.uint8] | None = None,
 ) -> pd.DataFrame:
     """Return the occlusion attribution of each feature in ``columns`` for each row.
 
@@ -93,24 +94,35 @@ def attributions(
         columns: Features to attribute (e.g. the most important ones).
         reference: Typical value per feature (see :func:`reference_values`).
         base: ``model``'s P(churn) of ``frame`` when the caller has it already.
+        bins: ``model``'s binned rows of ``frame`` (``trees.decision_and_bins``) when the
+            caller has them: gradient boosting's trees are then walked on them, and only the
+            rows checked against the plain method are prepared.
     """
     inputs = list(getattr(model, "feature_names_in_", frame.columns))
     data = frame[inputs]
     if base is None:
         base = np.asarray(model.predict_proba(data)[:, 1], dtype=np.float64)
     base_logit = _logit(base)
-    prepared = _PreparedRows.build(model, data, columns, reference)
-    if prepared is not None:
-        head = data.iloc[: min(len(data), 64)]
+    values = None
+    for given in (bins, None) if bins is not None else (None,):
+        prepared = _PreparedRows.build(model, data, columns, reference, given)
+        if prepared is None:
+            break
+        head = data.iloc[: min(len(data), _CHECKED_ROWS)]
         plain = _occlude_plain(model, head, columns, reference, base_logit[: len(head)])
         fast = prepared.occlude(columns, base_logit, rows=len(head))
-        if not np.allclose(plain, fast, rtol=1e-7, atol=1e-9, equal_nan=True):
-            prepared = None  # a transformer that is not column-wise after all
-    if prepared is not None:
+        if fast is None or not np.allclose(plain, fast, rtol=1e-7, atol=1e-9, equal_nan=True):
+            break  # a transformer that is not column-wise after all
         values = prepared.occlude(columns, base_logit)
-    else:
+        if values is not None:
+            break  # else the bins gave no tree sum: every row is prepared, then predicted
+    if values is None:
         values = _occlude_plain(model, data, columns, reference, base_logit)
     return pd.DataFrame(values, index=frame.index, columns=list(columns))
+
+
+# Rows of each call that the fast occlusion is checked on against the plain one.
+_CHECKED_ROWS = 64
 
 
 # Rows of occlusion probes predicted in one call.
@@ -170,16 +182,26 @@ def _occlude_plain(
 
 @dataclass(frozen=True)
 class _PreparedRows:
-    """Rows through a pipeline's column transformer once, with the reference row beside them."""
+    """Rows through a pipeline's column transformer once, with the reference row beside them.
+
+    Given the estimator's ``bins`` of every row, only the first ``_CHECKED_ROWS`` rows are
+    prepared (``matrix``): the trees walk the bins, and the rows are needed only to check.
+    """
 
     estimator: Any
     matrix: NDArray[np.float64]
     reference_row: NDArray[np.float64]
     position: dict[str, int]
+    bins: NDArray[np.uint8] | None = None
 
     @classmethod
     def build(
-        cls, model: Any, data: pd.DataFrame, columns: Sequence[str], reference: Mapping[str, Any]
+        cls,
+        model: Any,
+        data: pd.DataFrame,
+        columns: Sequence[str],
+        reference: Mapping[str, Any],
+        bins: NDArray[np.uint8] | None = None,
     ) -> _PreparedRows | None:
         """Return the prepared rows, or None when ``model`` is not a column-wise pipeline."""
         if not (isinstance(model, Pipeline) and len(model) == 2 and len(data)):
@@ -200,7 +222,9 @@ class _PreparedRows:
             ref_frame[col] = pd.Series([reference[col]], index=ref_frame.index).astype(
                 ref_frame[col].dtype, errors="ignore"
             )
-        matrix = prep.transform(data)
+        if bins is not None and len(bins) != len(data):
+            return None
+        matrix = prep.transform(data if bins is None else data.iloc[:_CHECKED_ROWS])
         reference_row = prep.transform(ref_frame)
         if not isinstance(matrix, np.ndarray):  # sparse output: keep the plain method
             return None
@@ -209,25 +233,34 @@ class _PreparedRows:
             np.asarray(matrix, dtype=np.float64),
             np.asarray(reference_row, dtype=np.float64)[0],
             position,
+            bins,
         )
 
     def occlude(
         self, columns: Sequence[str], base_logit: NDArray[np.float64], rows: int | None = None
-    ) -> NDArray[np.float64]:
-        """Return attributions of the first ``rows`` rows (all by default)."""
-        matrix = self.matrix if rows is None else self.matrix[:rows]
-        base_logit = base_logit[: len(matrix)]
-        trees = _TreeSum.of(self.estimator, matrix, self.reference_row, base_logit)
-        out = np.zeros((len(matrix), len(columns)), dtype=np.float64)
+    ) -> NDArray[np.float64] | None:
+        """Return attributions of the first ``rows`` rows (all by default).
+
+        None when only some rows were prepared and the trees cannot be walked on the bins.
+        """
+        n = len(base_logit) if rows is None else min(rows, len(base_logit))
+        matrix, base_logit = self.matrix[:n], base_logit[:n]
+        bins = None if self.bins is None else self.bins[:n]
+        trees = _TreeSum.of(self.estimator, matrix, self.reference_row, base_logit, bins)
+        if trees is None and len(matrix) < n:
+            return None
+        out = np.zeros((n, len(columns)), dtype=np.float64)
         for i, col in enumerate(columns):
             j = self.position[col]
+            if trees is not None:
+                # Only rows whose bin differs from the reference's can move (a value equal
+                # to the reference has its bin), so the trees need no prepared rows.
+                moved, occluded = trees.proba_with_reference(j)
+                out[moved, i] = base_logit[moved] - _logit(occluded)
+                continue
             ref = self.reference_row[j]
             differs = ~(matrix[:, j] == ref)  # NaN compares unequal: missing values differ
             if not differs.any():
-                continue
-            if trees is not None:
-                moved, occluded = trees.proba_with_reference(differs, j)
-                out[moved, i] = base_logit[moved] - _logit(occluded)
                 continue
             probe = matrix[differs]
             probe[:, j] = ref
@@ -269,23 +302,26 @@ class _TreeSum:
         matrix: NDArray[np.float64],
         reference_row: NDArray[np.float64],
         base_logit: NDArray[np.float64],
+        bins: NDArray[np.uint8] | None = None,
     ) -> _TreeSum | None:
         """Return the binned rows and their tree leaves, or None (see the class docstring).
 
         Args:
             estimator: The pipeline's final estimator.
-            matrix: Prepared rows (the pipeline's transformer output).
+            matrix: Prepared rows (the pipeline's transformer output); with ``bins``, only
+                its width is read.
             reference_row: The prepared reference row.
-            base_logit: Logit of the model's P(churn) of ``matrix``: the check of the sum.
+            base_logit: Logit of the model's P(churn) of the rows: the check of the sum.
+            bins: The estimator's binned rows when the caller has them (else binned here).
         """
-        if not is_binary_hgb(estimator) or len(matrix) == 0:
+        if not is_binary_hgb(estimator) or len(base_logit) == 0:
             return None
         try:
             predictors = estimator._predictors
             baseline = float(np.asarray(estimator._baseline_prediction).ravel()[0])
             # Trees index the estimator's own preprocessed columns (categoricals moved first).
             inner = inner_columns(estimator, matrix.shape[1])
-            binned = binned_rows(estimator, matrix)
+            binned = bins if bins is not None else binned_rows(estimator, matrix)
             reference_bins = binned_rows(estimator, reference_row[None, :])
             if binned is None or reference_bins is None:
                 return None
@@ -311,12 +347,10 @@ class _TreeSum:
             return None
         return cls(estimator, binned, reference_bins[0], leaves, raw, inner, by_input)
 
-    def proba_with_reference(
-        self, rows: NDArray[np.bool_], feature: int
-    ) -> tuple[NDArray[np.intp], NDArray[np.float64]]:
+    def proba_with_reference(self, feature: int) -> tuple[NDArray[np.intp], NDArray[np.float64]]:
         """Return the rows a reference value of input column ``feature`` moves, and their P(churn).
 
-        The rows are indices into the table, among those ``rows`` selects. A row moves when
+        The rows are indices into the table. A row moves when
         some tree puts it in another leaf; the others keep the model's prediction, so their
         attribution is 0 exactly (computed, it was the difference of two sums added in other
         orders, up to 5e-13, and a positive one named a fact that changes nothing as a
@@ -327,7 +361,7 @@ class _TreeSum:
         if users is None:
             return np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.float64)
         column = self.inner[feature]
-        index = np.flatnonzero(rows & (self.binned[:, column] != self.reference_bins[column]))
+        index = np.flatnonzero(self.binned[:, column] != self.reference_bins[column])
         probe = self.binned[index]
         probe[:, column] = self.reference_bins[column]
         after = tree_leaves(self.estimator, probe, users)

@@ -108,11 +108,14 @@ def inner_columns(estimator: Any, n_inputs: int) -> NDArray[np.intp]:
     return inner
 
 
-def binned_decision(model: Any, rows: Any) -> NDArray[np.float64] | None:
-    """Return ``model.decision_function(rows)`` from binned rows, bit for bit, or None.
+def decision_and_bins(
+    model: Any, rows: Any
+) -> tuple[NDArray[np.float64], NDArray[np.uint8]] | None:
+    """Return ``model.decision_function(rows)`` from binned rows, bit for bit, and those bins.
 
     ``model`` is a binary HistGradientBoostingClassifier or a Pipeline ending in one; None for
-    any other model, or when ``binned_rows`` finds a category the model never saw.
+    any other model, or when ``binned_rows`` finds a category the model never saw. The bins
+    are the final estimator's (its input binned), what the reasons' attributions walk too.
     """
     estimator = model[-1] if isinstance(model, Pipeline) else model
     if not is_binary_hgb(estimator):
@@ -122,6 +125,15 @@ def binned_decision(model: Any, rows: Any) -> NDArray[np.float64] | None:
     if binned is None:
         return None
     try:
-        return raw_scores(estimator, binned)
+        return raw_scores(estimator, binned), binned
     except INTERNALS_MOVED:
         return None
+
+
+def binned_decision(model: Any, rows: Any) -> NDArray[np.float64] | None:
+    """Return ``model.decision_function(rows)`` from binned rows, bit for bit, or None.
+
+    See :func:`decision_and_bins`.
+    """
+    found = decision_and_bins(model, rows)
+    return None if found is None else found[0]

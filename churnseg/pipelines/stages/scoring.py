@@ -95,6 +95,11 @@ class PopulationState:
         )
 
 
+# A batch's calibrated and ranking P(churn), and the ranking model's binned rows when it is
+# predicted from them (``churn.churn_scores_and_bins``): the reasons walk the trees on them.
+BatchScores = tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.uint8] | None]
+
+
 @dataclass(frozen=True)
 class ChampionModels:
     """The champion models and what scoring reads with them, loaded once."""
@@ -130,11 +135,10 @@ class ScoringContext:
     lifecycle: LifecycleRules
     overrides: tuple[Override, ...]
     reasons_top_k: int
-    # (calibrated, ranking) P(churn) of each batch of the ranking pass, by its first row, when
-    # kept (``keep_scores``): scoring that batch takes them instead of predicting it again.
-    batch_scores: dict[int, tuple[NDArray[np.float64], NDArray[np.float64]]] = field(
-        default_factory=dict, repr=False
-    )
+    # (calibrated, ranking) P(churn) and bins of each batch of the ranking pass, by its first
+    # row, when kept (``keep_scores``): scoring that batch takes them instead of predicting it
+    # again, and its reasons walk the trees on the kept bins (one byte per model input).
+    batch_scores: dict[int, BatchScores] = field(default_factory=dict, repr=False)
     # An intra-day update publishes into the snapshot it updates, not the moment of its features.
     snapshot_date: date | None = None
     update_kind: str = SNAPSHOT_KIND
@@ -249,7 +253,9 @@ def scoring_context(
         run_id: The MLflow run the scores belong to.
         features_path: The scoring feature table.
         keep_scores: Also keep each batch's churn probabilities (two more floats per customer)
-            in ``batch_scores``, so a scoring pass over the same batches predicts nothing twice.
+            and the ranking model's bins (a byte per model input: 116 bytes a customer for the
+            sample's champion) in ``batch_scores``, so a scoring pass over the same batches
+            predicts nothing twice and prepares no row again.
         state: A full snapshot's thresholds: use them, compute none (an intra-day update).
         models: The champions, loaded before (the API keeps them); default: load them here.
         corrections: People's corrections of classes (``feedback.corrections_as_overrides``),
@@ -259,7 +265,7 @@ def scoring_context(
     cls = config.classification
     rule, rank_by = _risk_rule(config)
     horizon = config.snapshots.horizon_days
-    batch_scores: dict[int, tuple[NDArray[np.float64], NDArray[np.float64]]] = {}
+    batch_scores: dict[int, BatchScores] = {}
     features = pq.ParquetFile(features_path)
     value_col = value_column(cls.value_column, features.schema_arrow.names)
     max_recency = population_recency_limit(config)
@@ -332,11 +338,11 @@ def _population_thresholds(
     max_recency: int | None,
     rule: RiskBandRule,
     rank_by: str,
-    batch_scores: dict[int, tuple[NDArray[np.float64], NDArray[np.float64]]] | None,
+    batch_scores: dict[int, BatchScores] | None,
 ) -> tuple[TierThresholds, RiskThresholds]:
     """Return tier cut values and risk band thresholds over every customer of ``features``.
 
-    ``batch_scores``, when given, keeps each batch's probabilities by its first row.
+    ``batch_scores``, when given, keeps each batch's probabilities and bins by its first row.
     """
     classifier, horizon = models.classifier, config.snapshots.horizon_days
     values, rankings = [], []
@@ -347,9 +353,9 @@ def _population_thresholds(
     for batch in progress.track(batches, "ranking customers (batches)", total=n_batches):
         frame = batch.to_pandas()
         # Both probabilities cost one prediction (``churn_scores``), as much as either alone.
-        proba, score = churn_model.churn_scores(classifier, frame)
+        proba, score, bins = churn_model.churn_scores_and_bins(classifier, frame)
         if batch_scores is not None:
-            batch_scores[first_row] = (proba, score)
+            batch_scores[first_row] = (proba, score, bins)
         first_row += len(frame)
         if value_col is not None:
             values.append(frame[value_col].astype("float64").fillna(0.0).to_numpy())
@@ -384,9 +390,9 @@ def score_batch(
     # most of a scoring run's cost, so both probabilities come from one prediction, made once.
     known = context.batch_scores.pop(first_row, None) if first_row is not None else None
     if known is not None and len(known[0]) == len(frame):
-        proba, score = known
+        proba, score, bins = known
     else:
-        proba, score = churn_model.churn_scores(context.models.classifier, frame)
+        proba, score, bins = churn_model.churn_scores_and_bins(context.models.classifier, frame)
     value = expected_value(frame, context.horizon_days)
     at_risk = at_risk_mask(frame, context.max_recency_days)
     names = context.models.segment_names
@@ -413,6 +419,7 @@ def score_batch(
             context.models.reason_features,
             context.models.reference,
             base=score,
+            bins=bins,
         )
         why = reasons.top_reasons(
             contributions, frame, context.models.reference, context.reasons_top_k
