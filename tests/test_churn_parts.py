@@ -171,8 +171,9 @@ def test_prepared_attributions_equal_plain_occlusion(candidate: str) -> None:
         pd.testing.assert_frame_equal(with_bins, fast, check_exact=True)
         assert prepared_rows and max(prepared_rows) < len(X), "only the checked rows prepared"
         # Bins of other rows are not taken for these: every row is prepared, as without.
-        other = reasons.attributions(model, X, ["a", "b", "c"], ref, bins=found[1][::-1])
-        pd.testing.assert_frame_equal(other, fast, check_exact=True)
+        for other in (found[1][::-1], found[1][:-1]):
+            again = reasons.attributions(model, X, ["a", "b", "c"], ref, proba, other)
+            pd.testing.assert_frame_equal(again, fast, check_exact=True)
     if candidate == "hgb":  # unseen and missing categories bin like the model predicts them
         later = X.assign(region=["east"] * 20 + [None] * 20 + list(X.region[40:]))
         again = reasons._PreparedRows.build(model, later, ["a", "b", "c"], ref)

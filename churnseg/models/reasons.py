@@ -103,6 +103,8 @@ def attributions(
     if base is None:
         base = np.asarray(model.predict_proba(data)[:, 1], dtype=np.float64)
     base_logit = _logit(base)
+    if bins is not None and len(bins) != len(data):
+        bins = None  # not these rows' bins: prepare every row
     values = None
     for given in (bins, None) if bins is not None else (None,):
         prepared = _PreparedRows.build(model, data, columns, reference, given)
@@ -222,8 +224,6 @@ class _PreparedRows:
             ref_frame[col] = pd.Series([reference[col]], index=ref_frame.index).astype(
                 ref_frame[col].dtype, errors="ignore"
             )
-        if bins is not None and len(bins) != len(data):
-            return None
         matrix = prep.transform(data if bins is None else data.iloc[:_CHECKED_ROWS])
         reference_row = prep.transform(ref_frame)
         if not isinstance(matrix, np.ndarray):  # sparse output: keep the plain method
