@@ -103,24 +103,38 @@ def attributions(
     if base is None:
         base = np.asarray(model.predict_proba(data)[:, 1], dtype=np.float64)
     base_logit = _logit(base)
-    if bins is not None and len(bins) != len(data):
-        bins = None  # not these rows' bins: prepare every row
     values = None
-    for given in (bins, None) if bins is not None else (None,):
-        prepared = _PreparedRows.build(model, data, columns, reference, given)
-        if prepared is None:
-            break
-        head = data.iloc[: min(len(data), _CHECKED_ROWS)]
-        plain = _occlude_plain(model, head, columns, reference, base_logit[: len(head)])
-        fast = prepared.occlude(columns, base_logit, rows=len(head))
-        if fast is None or not np.allclose(plain, fast, rtol=1e-7, atol=1e-9, equal_nan=True):
-            break  # a transformer that is not column-wise after all
-        values = prepared.occlude(columns, base_logit)
-        if values is not None:
-            break  # else the bins gave no tree sum: every row is prepared, then predicted
+    if bins is not None and len(bins) == len(data):  # else not these rows' bins: ignored
+        values = _occlude_prepared(model, data, columns, reference, base_logit, bins)
+    if values is None:  # without bins (or the trees would not walk them): every row prepared
+        values = _occlude_prepared(model, data, columns, reference, base_logit)
     if values is None:
         values = _occlude_plain(model, data, columns, reference, base_logit)
     return pd.DataFrame(values, index=frame.index, columns=list(columns))
+
+
+def _occlude_prepared(
+    model: Any,
+    data: pd.DataFrame,
+    columns: Sequence[str],
+    reference: Mapping[str, Any],
+    base_logit: NDArray[np.float64],
+    bins: NDArray[np.uint8] | None = None,
+) -> NDArray[np.float64] | None:
+    """Return the prepared path's attributions, or None where only the plain method holds.
+
+    None when ``model`` is not a column-wise pipeline, when the first rows' attributions
+    differ from plain occlusion's, or when ``bins`` are given but the trees cannot walk them.
+    """
+    prepared = _PreparedRows.build(model, data, columns, reference, bins)
+    if prepared is None:
+        return None
+    head = data.iloc[: min(len(data), _CHECKED_ROWS)]
+    plain = _occlude_plain(model, head, columns, reference, base_logit[: len(head)])
+    fast = prepared.occlude(columns, base_logit, rows=len(head))
+    if fast is None or not np.allclose(plain, fast, rtol=1e-7, atol=1e-9, equal_nan=True):
+        return None  # a transformer that is not column-wise after all
+    return prepared.occlude(columns, base_logit)
 
 
 # Rows of each call that the fast occlusion is checked on against the plain one.
@@ -350,12 +364,12 @@ class _TreeSum:
     def proba_with_reference(self, feature: int) -> tuple[NDArray[np.intp], NDArray[np.float64]]:
         """Return the rows a reference value of input column ``feature`` moves, and their P(churn).
 
-        The rows are indices into the table. A row moves when
-        some tree puts it in another leaf; the others keep the model's prediction, so their
-        attribution is 0 exactly (computed, it was the difference of two sums added in other
-        orders, up to 5e-13, and a positive one named a fact that changes nothing as a
-        reason). A row whose bin of ``feature`` is the reference's cannot move, nor can any
-        row when no tree splits on it: neither is walked.
+        The rows are indices into the table. A row moves when some tree puts it in another
+        leaf; the others keep the model's prediction, so their attribution is 0 exactly
+        (computed, it was the difference of two sums added in other orders, up to 5e-13, and a
+        positive one named a fact that changes nothing as a reason). A row whose bin of
+        ``feature`` is the reference's cannot move, nor can any row when no tree splits on it:
+        neither is walked.
         """
         users = self.users.get(feature)
         if users is None:

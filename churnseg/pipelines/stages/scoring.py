@@ -354,8 +354,8 @@ def _population_thresholds(
         frame = batch.to_pandas()
         # Both probabilities cost one prediction (``churn_scores``), as much as either alone.
         proba, score, bins = churn_model.churn_scores_and_bins(classifier, frame)
-        if batch_scores is not None:
-            batch_scores[first_row] = (proba, score, bins)
+        if batch_scores is not None:  # the bins only serve the reasons
+            batch_scores[first_row] = (proba, score, bins if models.reason_features else None)
         first_row += len(frame)
         if value_col is not None:
             values.append(frame[value_col].astype("float64").fillna(0.0).to_numpy())
