@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -9,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy.optimize import linprog
 
+from churnseg.models import allocation
 from churnseg.models.allocation import (
     KEPT,
     NEW,
@@ -19,6 +22,7 @@ from churnseg.models.allocation import (
     REGION_MISMATCH,
     AllocationError,
     AllocationWeights,
+    _covering_excess,
     allocate,
     allocation_quality,
     greedy_allocate,
@@ -357,6 +361,59 @@ def test_a_customer_gaining_nothing_moves_to_make_room_for_one_only_its_owner_ma
     assert owner_of(result.assignments) == {"x": "b", "n": "a"}
     assert result.objective == pytest.approx(4.0) == result.lower_bound
     assert reason_of(result.assignments) == {"x": OVER_CAPACITY, "n": NEW}
+
+
+def test_an_owner_over_capacity_first_offers_its_best_leavers_down_to_the_covering_level() -> None:
+    # Owner 0 holds 2 over capacity. Its gain-5 group (1 customer) does not cover that, so the
+    # gain-3 level joins whole (3 customers); the gain-0 group waits for pricing. Owner 1 is
+    # within capacity: leaving is offered to it only by gain (elsewhere).
+    owner = np.array([0, 0, 0, 0, 1])
+    gain = np.array([5.0, 3.0, 3.0, 0.0, 9.0])
+    count = np.array([1, 2, 1, 4, 3])
+    assert _covering_excess(owner, gain, count, np.array([2.0, 0.0])).tolist() == [
+        True,
+        True,
+        True,
+        False,
+        False,
+    ]
+    # One over: the best group covers it alone.
+    assert _covering_excess(owner, gain, count, np.array([1.0, 0.0])).tolist() == [
+        True,
+        False,
+        False,
+        False,
+        False,
+    ]
+
+
+def test_pricing_rounds_from_the_last_basis_and_anew_both_end_at_the_optimum_over_every_pair(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # After columns join, the solver goes on from the model's basis (primal simplex) when few
+    # join, else solves anew. This book's one program takes both ways (checked: a way that
+    # is not taken fails below), and the result is the optimum over every customer-owner pair.
+    runs: Counter[str] = Counter()
+    models: set[int] = set()
+    real_run = allocation.highs._Highs.run
+
+    def counted(model: object) -> object:
+        if id(model) not in models:
+            models.add(id(model))
+            runs["first"] += 1
+        elif model.getOptionValue("simplex_strategy")[1] == 4:  # type: ignore[attr-defined]
+            runs["from the basis"] += 1
+        else:
+            runs["anew"] += 1
+        return real_run(model)
+
+    monkeypatch.setattr(allocation.highs._Highs, "run", counted)
+    customers, staff, current = synthetic(38, 200, 6)
+    weights = AllocationWeights()
+    result = allocate(customers, staff, current, weights, max_moves_share=1.0)
+    assert runs == {"first": 1, "from the basis": 1, "anew": 1}, runs
+    best = customer_level_optimum(customers, staff, current, weights, 1.0)
+    assert result.objective == pytest.approx(best, abs=1e-6) == result.lower_bound
 
 
 def test_no_customers_allocate_to_nothing_and_no_owners_are_refused() -> None:
