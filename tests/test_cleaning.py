@@ -162,6 +162,33 @@ def test_categories_are_trimmed_and_folded() -> None:
     assert kept.category.tolist() == ["grocery"] * 3
 
 
+_EDGES = " \t\n\r\x0b\x0c"
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.none(),
+            st.text(alphabet=st.sampled_from([*_EDGES, "a", "Z", "é", "\x1f", "\xa0", "-"])),
+        ),
+        min_size=1,
+        max_size=40,
+    )
+)
+def test_text_is_stripped_of_edge_whitespace_and_blank_text_is_null(
+    values: list[str | None],
+) -> None:
+    # Values whose first and last characters are visible skip the trim: the same text either
+    # way. Other control characters and the no-break space are kept, as strip() keeps them.
+    values = ["a ", " a", "\ta\n", "é\x0c", "\x1fa", "a\xa0", "", "  ", None, "a b", *values]
+    con = ibis.duckdb.connect()
+    table = con.create_table("t", pa.table({"v": pa.array(values, pa.string())}))
+    got = con.execute(table.select(v=c._blank_to_null(table.v)))["v"].tolist()
+    stripped = [None if v is None else v.strip(_EDGES) for v in values]
+    assert [None if pd.isna(g) else g for g in got] == [s or None for s in stripped]
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
@@ -255,6 +282,21 @@ def test_a_few_bad_values_pass_the_boundary_check() -> None:
     raw = con.create_table("raw", frame)
     rows = c.check_usable(raw, c.conform(raw, TRANSACTIONS, MAPPING), TRANSACTIONS, MAPPING)
     assert rows == 3, "dirty rows are quarantined later, one by one"
+
+
+def test_a_column_good_only_beyond_the_first_rows_is_usable_and_nowhere_good_is_not(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The first rows settle most tables; when they show no good value, every row is read.
+    monkeypatch.setattr(c, "_USABLE_PREFIX_ROWS", 2)
+    frame = raw_transactions([("o1", "A", "2024-01-01", "1", False, "p", 1)] * 5)
+    frame["amount"] = ["abc", "abc", "abc", "1", "abc"]
+    con = ibis.duckdb.connect()
+    raw = con.create_table("raw", frame)
+    assert c.check_usable(raw, c.conform(raw, TRANSACTIONS, MAPPING), TRANSACTIONS, MAPPING) == 5
+    raw = con.create_table("raw_bad", frame.assign(amount="abc"))
+    with pytest.raises(c.DataContractError, match="none of 5 values converts"):
+        c.check_usable(raw, c.conform(raw, TRANSACTIONS, MAPPING), TRANSACTIONS, MAPPING)
 
 
 def customers_table(frame: pd.DataFrame) -> ibis.Table:

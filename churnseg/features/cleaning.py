@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from datetime import date, datetime, time
-from typing import Literal, cast
+from typing import TYPE_CHECKING, Literal, cast
 
 import ibis
 import ibis.expr.datatypes as dt
@@ -21,6 +21,9 @@ import ibis.expr.operations as ops
 import ibis.expr.types as ir
 
 from churnseg.features.contract import CONTRACTS, ColumnKind, TableContract
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 REASON = "reason"
 ROW = "_row"
@@ -176,8 +179,21 @@ def _instant_to_wall(zone: str, ts: datetime) -> datetime:  # instant -> wall ti
     raise NotImplementedError
 
 
+def _stripped(text: ir.StringValue) -> ir.StringValue:
+    """Return ``text`` without leading and trailing whitespace, as ``strip()`` gives it.
+
+    DuckDB's trim with a set of characters costs about 50 ns a value (at 1M customers, 6 s of
+    the clean stage for five text columns of the transactions); nearly all values start and
+    end with a visible character, which the code point of their first and last character
+    shows (every whitespace character strip removes is at most 32), and those are kept as
+    they are.
+    """
+    edges = (text.ascii_str() <= 32) | (text.right(1).ascii_str() <= 32)
+    return cast(ir.StringValue, ibis.ifelse(edges, text.strip(), text))
+
+
 def _blank_to_null(value: ir.Value) -> ir.StringValue:
-    text = value.cast("string").strip()
+    text = _stripped(value.cast("string"))
     return cast(ir.StringValue, ibis.ifelse(text == "", ibis.null("string"), text))
 
 
@@ -278,6 +294,10 @@ def conform(
     return table.select(**out, **extras, **flags)
 
 
+# Rows ``check_usable`` reads first: enough to find a good value of each required column.
+_USABLE_PREFIX_ROWS = 10_000
+
+
 def check_usable(
     raw: ir.Table, conformed: ir.Table, contract: TableContract, name_map: dict[str, str]
 ) -> int:
@@ -290,14 +310,24 @@ def check_usable(
     Raises:
         DataContractError: Naming the table, the column, counts and example bad values.
     """
-    aggs: dict[str, ir.Scalar] = {"rows": conformed.count()}
-    for col in contract.required:
-        flag = f"{BAD_PREFIX}{col}"
-        good = conformed[col].notnull()
-        aggs[f"good_{col}"] = good.sum()
-        present = good | conformed[flag] if flag in conformed.columns else good
-        aggs[f"present_{col}"] = present.sum()
-    counts = conformed.aggregate(**aggs).execute().iloc[0]
+
+    def counted(rows: ir.Table) -> pd.Series:
+        aggs: dict[str, ir.Scalar] = {"rows": rows.count()}
+        for col in contract.required:
+            flag = f"{BAD_PREFIX}{col}"
+            good = rows[col].notnull()
+            aggs[f"good_{col}"] = good.sum()
+            present = good | rows[flag] if flag in rows.columns else good
+            aggs[f"present_{col}"] = present.sum()
+        return rows.aggregate(**aggs).execute().iloc[0]
+
+    # A good value of every required column among the first rows settles it without a pass
+    # over every row (5 s of the clean stage at 1M customers); the count is the raw table's
+    # (a Parquet file's metadata).
+    counts = counted(conformed.limit(_USABLE_PREFIX_ROWS))
+    if all(int(counts[f"good_{col}"] or 0) > 0 for col in contract.required):
+        return int(raw.count().execute())
+    counts = counted(conformed)
     rows = int(counts["rows"])
     if rows == 0:
         raise DataContractError(
