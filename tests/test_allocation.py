@@ -416,6 +416,15 @@ def test_pricing_rounds_from_the_last_basis_and_anew_both_end_at_the_optimum_ove
     assert result.objective == pytest.approx(best, abs=1e-6) == result.lower_bound
 
 
+def test_current_owners_keyed_by_numbers_find_customers_keyed_by_text() -> None:
+    # CRM exports often carry numeric ids; the customers' ids are text after cleaning.
+    staff = owners(("a", "north", "retail", 3, 5, True))
+    customers = book(("1", "north", "retail", "C", 1.0), ("2", "north", "retail", "C", 1.0))
+    result = allocate(customers, staff, pd.Series({1: "a"}))
+    assert reason_of(result.assignments) == {"1": KEPT, "2": NEW}
+    assert result.assignments["previous_owner_id"].fillna("-").tolist() == ["a", "-"]
+
+
 def test_no_customers_allocate_to_nothing_and_no_owners_are_refused() -> None:
     # Two alike owners form a class; with no customers it hands on nothing.
     alike = owners(("a", "north", "retail", 3, 1, True), ("b", "north", "retail", 3, 1, True))

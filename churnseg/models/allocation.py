@@ -359,7 +359,7 @@ def _customer_frame(
     frame["value_at_risk"] = pd.to_numeric(var, errors="coerce").fillna(0.0).to_numpy()
     frame["bucket"] = priority_buckets(frame["value_at_risk"], weights.priority_buckets)
     previous = (
-        current.rename(index=str).reindex(frame["customer_id"]).to_numpy()
+        _by_text_id(current).reindex(frame["customer_id"]).to_numpy()
         if current is not None
         else np.full(n, None, dtype=object)
     )
@@ -371,6 +371,14 @@ def _customer_frame(
     frame["previous_index"] = prev_index  # -1: no owner, or one not in the owners table
     frame["stay_owner"] = np.where(valid, prev_index, -1)  # -1 also for an inactive owner
     return frame
+
+
+def _by_text_id(current: pd.Series) -> pd.Series:
+    """Return ``current`` indexed by its customer ids as text (as they usually are already).
+
+    Renaming 5M ids that are text already took 3 s of the 5M allocation.
+    """
+    return current if current.index.inferred_type == "string" else current.rename(index=str)
 
 
 def _owner_index(owners: pd.DataFrame, ids: NDArray[np.object_]) -> NDArray[np.int64]:
