@@ -22,7 +22,7 @@ from churnseg.pipelines.config import Config
 from churnseg.pipelines.sample import SampleSpec, generate_sample
 from churnseg.pipelines.sources import FeatureEngine, connect_engine
 from churnseg.pipelines.stages import feature_tables
-from churnseg.pipelines.stages.feature_tables import _with_btyd
+from churnseg.pipelines.stages.feature_tables import _append_columns, _with_btyd
 from tests.helpers import SAMPLE_TABLES, write_tables
 
 
@@ -214,6 +214,34 @@ def test_btyd_columns_stream_in_order_and_a_shuffled_stage_gives_the_same_file(
     assert outputs["ordered"].equals(outputs["shuffled"])
     assert outputs["ordered"].select(staged.column_names).equals(staged)
     assert all(f.nullable for f in outputs["ordered"].schema)
+
+
+def test_appended_feature_file_keeps_dictionaries_only_for_repeating_values(
+    tmp_path: Path,
+) -> None:
+    # 20,000 distinct floats in a row group (160 KB, under pyarrow's default dictionary limit of
+    # 1 MB) stop filling their dictionary at 64 KB and go on plain; a count with a few values
+    # keeps all of them in its dictionary. The rows are unchanged.
+    rows = 20_000
+    rng = np.random.default_rng(3)
+    base = pa.table({"spend": rng.random(rows), "orders": rng.integers(0, 9, rows)})
+    source, target = tmp_path / "staged.parquet", tmp_path / "features.parquet"
+    pq.write_table(base, source)
+    extra = pa.table({"p_alive": rng.random(rows)})
+    _append_columns([source], base.schema, extra, target)
+    written = pq.read_table(target)
+    assert written.select(["spend", "orders"]).cast(base.schema).equals(base)
+    assert written.column("p_alive").equals(extra.column("p_alive"))
+    group = pq.ParquetFile(target).metadata.row_group(0)
+    dictionary_bytes = {}
+    for i in range(group.num_columns):
+        chunk = group.column(i)
+        dictionary_bytes[chunk.path_in_schema] = chunk.data_page_offset - (
+            chunk.dictionary_page_offset or chunk.data_page_offset
+        )
+    assert 0 < dictionary_bytes["spend"] < 70_000
+    assert 0 < dictionary_bytes["p_alive"] < 70_000
+    assert 0 < dictionary_bytes["orders"] < 1_000
 
 
 def test_snapshots_written_unsorted_when_duckdb_memory_is_short_give_the_same_tables(

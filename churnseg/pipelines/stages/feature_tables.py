@@ -129,6 +129,11 @@ def _with_btyd(
 
 # DuckDB's own row group size: the streamed feature files keep the layout DuckDB writes.
 _APPEND_BATCH_ROWS = 122_880
+# A column chunk falls back from dictionary to plain encoding once its dictionary reaches this
+# size. pyarrow's default (1 MB) hashes most of a row group of distinct floats before giving
+# up; at 64 KB (8,192 distinct 8-byte values) counts and levels keep their dictionaries and the
+# 1M bench's training table is written in 5.3 s instead of 7.0 s, in 422 MB instead of 458.
+_DICTIONARY_PAGE_BYTES = 64 * 1024
 
 
 def _append_columns(sources: list[Path], schema: pa.Schema, extra: pa.Table, target: Path) -> None:
@@ -144,7 +149,9 @@ def _append_columns(sources: list[Path], schema: pa.Schema, extra: pa.Table, tar
     # Nullable like every engine's output: DuckDB marks some staged columns NOT NULL, Spark none.
     out_schema = pa.schema([*schema, *(f.with_nullable(True) for f in extra.schema)])
     offset = 0
-    with pq.ParquetWriter(target, out_schema) as writer:
+    with pq.ParquetWriter(
+        target, out_schema, dictionary_pagesize_limit=_DICTIONARY_PAGE_BYTES
+    ) as writer:
         for file in files:
             for batch in file.iter_batches(batch_size=_APPEND_BATCH_ROWS):
                 base = [batch.column(f.name).cast(f.type) for f in schema]
