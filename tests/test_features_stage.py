@@ -244,6 +244,23 @@ def test_appended_feature_file_keeps_dictionaries_only_for_repeating_values(
     assert 0 < dictionary_bytes["orders"] < 1_000
 
 
+def test_duckdb_feature_writes_give_up_dictionaries_past_8192_values(tmp_path: Path) -> None:
+    # One row group holding 12,000 distinct values ten times each: DuckDB's default keeps a
+    # dictionary of up to 24,576; the feature engine's writes stop at 8,192
+    # (PARQUET_WRITE_OPTIONS). A column of nine values keeps its dictionary.
+    rows = 120_000
+    table = pa.table({"spend": (np.arange(rows) % 12_000) / 7.0, "orders": np.arange(rows) % 9})
+    source, target = tmp_path / "source.parquet", tmp_path / "written.parquet"
+    pq.write_table(table, source, use_dictionary=False)
+    with FeatureEngine(connect_engine()) as engine:
+        engine.write_parquet(engine.read_parquet(source), target)
+    assert pq.read_table(target).cast(table.schema).equals(table)
+    group = pq.ParquetFile(target).metadata.row_group(0)
+    encodings = {group.column(i).path_in_schema: group.column(i).encodings for i in range(2)}
+    assert not any("DICTIONARY" in e for e in encodings["spend"])
+    assert any("DICTIONARY" in e for e in encodings["orders"])
+
+
 def test_snapshots_written_unsorted_when_duckdb_memory_is_short_give_the_same_tables(
     built: tuple[stages.RunPaths, dict[str, int]], tmp_path: Path
 ) -> None:

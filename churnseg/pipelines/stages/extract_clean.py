@@ -63,6 +63,7 @@ from churnseg.pipelines.quality import (
     reason_counts,
 )
 from churnseg.pipelines.sources import (
+    PARQUET_WRITE_OPTIONS,
     REJECTS_SUFFIX,
     connect_engine,
     extract_sources,
@@ -220,10 +221,10 @@ def clean_stage(
         # Written once, so the duplicate windows run once for both outputs.
         tagged_file = paths.clean / f"{name}.tagged.parquet"
         tagged = tag_table(name, conformed, customer_ids, rules, customer_options)
-        con.to_parquet(tagged, tagged_file)
+        con.to_parquet(tagged, tagged_file, **PARQUET_WRITE_OPTIONS)
         result = split_tagged(name, con.read_parquet(tagged_file), rules)
         clean_file = paths.clean / f"{name}.parquet"
-        con.to_parquet(result.clean.drop(ROW), clean_file)
+        con.to_parquet(result.clean.drop(ROW), clean_file, **PARQUET_WRITE_OPTIONS)
         if scoped:  # no quarantine report: only the clean rows and the ids they show
             if name in SEEN_AT:
                 seen_parts.append(paths.clean / f"{name}.seen.parquet")
@@ -233,7 +234,7 @@ def clean_stage(
                 customer_ids = con.read_parquet(clean_file).select("customer_id")
             continue
         quarantine_file = paths.quarantine / f"{name}.parquet"
-        con.to_parquet(raw_rows(raw, result.quarantine), quarantine_file)
+        con.to_parquet(raw_rows(raw, result.quarantine), quarantine_file, **PARQUET_WRITE_OPTIONS)
         if name in SEEN_AT:
             seen_parts.append(paths.clean / f"{name}.seen.parquet")
             con.to_parquet(seen_in_quarantine(result.quarantine, name, rules), seen_parts[-1])

@@ -44,6 +44,7 @@ from churnseg.models.registry import (
 from churnseg.pipelines import progress
 from churnseg.pipelines.config import Config, FeatureConfig
 from churnseg.pipelines.sources import (
+    PARQUET_WRITE_OPTIONS,
     FeatureEngine,
     connect_engine,
     connect_feature_engine,
@@ -121,7 +122,7 @@ def _with_btyd(
         return params
     ordered = target.with_name(target.name + ".sorted")
     base = con.read_parquet([str(path) for path in staged], union_by_name=True)
-    con.to_parquet(base.order_by([SNAPSHOT, "customer_id"]), ordered)
+    con.to_parquet(base.order_by([SNAPSHOT, "customer_id"]), ordered, **PARQUET_WRITE_OPTIONS)
     _append_columns([ordered], schema, extra, target)
     ordered.unlink()
     return params
