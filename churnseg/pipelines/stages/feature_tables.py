@@ -44,6 +44,7 @@ from churnseg.models.registry import (
 from churnseg.pipelines import progress
 from churnseg.pipelines.config import Config, FeatureConfig
 from churnseg.pipelines.sources import (
+    DICTIONARY_VALUES,
     PARQUET_WRITE_OPTIONS,
     FeatureEngine,
     connect_engine,
@@ -130,11 +131,10 @@ def _with_btyd(
 
 # DuckDB's own row group size: the streamed feature files keep the layout DuckDB writes.
 _APPEND_BATCH_ROWS = 122_880
-# A column chunk falls back from dictionary to plain encoding once its dictionary reaches this
-# size. pyarrow's default (1 MB) hashes most of a row group of distinct floats before giving
-# up; at 64 KB (8,192 distinct 8-byte values) counts and levels keep their dictionaries and the
-# 1M bench's training table is written in 5.3 s instead of 7.0 s, in 422 MB instead of 458.
-_DICTIONARY_PAGE_BYTES = 64 * 1024
+# pyarrow's dictionary limit is in bytes: the DuckDB writes' 8,192 values of 8 bytes (64 KB).
+# Its default (1 MB) hashed most of a row group of distinct floats before giving up; at 64 KB
+# the 1M bench's training table is written in 5.3 s instead of 7.0 s, in 422 MB instead of 458.
+_DICTIONARY_PAGE_BYTES = 8 * DICTIONARY_VALUES
 
 
 def _append_columns(sources: list[Path], schema: pa.Schema, extra: pa.Table, target: Path) -> None:
