@@ -22,6 +22,7 @@ import pytest
 
 from churnseg.features import cleaning as c
 from churnseg.features.contract import TRANSACTIONS
+from churnseg.pipelines import sources
 from churnseg.pipelines.config import Config, config_as_dict, redact_url
 from churnseg.pipelines.sources import (
     Extracted,
@@ -29,6 +30,7 @@ from churnseg.pipelines.sources import (
     connect_engine,
     database_url,
     extract_table,
+    read_extracted,
 )
 
 PG_URL = os.environ.get("CHURNSEG_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -46,7 +48,16 @@ def extract(tmp_path: Path, **source: Any) -> tuple[Extracted, pd.DataFrame]:
     out = extract_table(
         connect_engine(), "transactions", config.sources["transactions"], config, tmp_path / "raw"
     )
-    return out, pd.read_parquet(out.path).sort_values("_row").reset_index(drop=True)
+    frame = pd.read_parquet(out.path)  # a verbatim copy has no _row: in source order
+    if "_row" in frame.columns:
+        frame = frame.sort_values("_row").reset_index(drop=True)
+    return out, frame
+
+
+def _parquet_bytes(columns: dict[str, list[Any]]) -> bytes:
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.table(columns), sink)
+    return bytes(sink.getvalue())
 
 
 def write(path: Path, data: bytes) -> str:
@@ -117,6 +128,36 @@ def test_parquet_globs_unify_schemas(tmp_path: Path) -> None:
     assert frame.note.isna().tolist() == [True, True, False]
 
 
+def test_one_parquet_file_is_copied_verbatim_and_numbered_on_read(tmp_path: Path) -> None:
+    source = tmp_path / "orders.parquet"
+    # Written by pyarrow: its float statistics leave the NaN out.
+    rows = pa.table({"cust": ["A", "B", "C", "D"], "amount": [1.0, float("nan"), None, 2.0]})
+    pq.write_table(rows, source, row_group_size=3)
+    out, _ = extract(tmp_path, path=str(source))
+    assert out.rows == 4 and out.path.read_bytes() == source.read_bytes()
+    con = connect_engine()
+    read = read_extracted(con, out.path).to_pyarrow()
+    assert read.column_names == ["cust", "amount", "_row"]
+    assert read.column("cust").to_pylist() == ["A", "B", "C", "D"]
+    assert read.column("_row").to_pylist() == [0, 1, 2, 3]
+    table = read_extracted(con, out.path)
+    nan = table.filter(table.amount.isnan()).count().execute()
+    assert nan == 1, "the NaN is seen (DuckDB folds isnan() to false on pyarrow's statistics)"
+
+
+def test_a_parquet_file_of_large_row_groups_is_rewritten_with_row_numbers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sources, "VERBATIM_MAX_GROUP_ROWS", 2)
+    source = tmp_path / "orders.parquet"
+    pq.write_table(pa.table({"cust": ["A", "B", "C"]}), source, row_group_size=3)
+    out, frame = extract(tmp_path, path=str(source))
+    assert out.path.read_bytes() != source.read_bytes()
+    assert frame.to_dict("list") == {"cust": ["A", "B", "C"], "_row": [0, 1, 2]}
+    read = read_extracted(connect_engine(), out.path).to_pyarrow()
+    assert read.column("_row").to_pylist() == [0, 1, 2]
+
+
 @pytest.mark.parametrize(
     ("files", "pattern", "message"),
     [
@@ -124,6 +165,7 @@ def test_parquet_globs_unify_schemas(tmp_path: Path) -> None:
         ({"empty.csv": b""}, "empty.csv", r"empty\.csv is empty \(0 bytes\)"),
         ({"r.csv": b"_row,cust\n1,A\n"}, "r.csv", r"column named '_row' \(reserved\)"),
         ({"bad.parquet": b"not parquet at all"}, "bad.parquet", r"cannot read .*bad\.parquet"),
+        ({"r.parquet": _parquet_bytes({"_row": [1]})}, "r.parquet", r"named '_row' \(reserved\)"),
     ],
 )
 def test_unreadable_files_raise_source_errors(

@@ -67,6 +67,7 @@ from churnseg.pipelines.sources import (
     REJECTS_SUFFIX,
     connect_engine,
     extract_sources,
+    read_extracted,
 )
 from churnseg.pipelines.stages.run_folder import (
     ALLOCATION_TABLES,
@@ -205,7 +206,7 @@ def clean_stage(
         if name not in config.sources:
             continue
         source = config.sources[name]
-        raw = con.read_parquet(paths.raw / f"{name}.parquet")
+        raw = read_extracted(con, paths.raw / f"{name}.parquet")
         options = ReadOptions(tuple(source.date_formats), source.time_zone)
         conformed = conform(raw, CONTRACTS[name], source.columns, options)
         rows = 0 if scoped else check_usable(raw, conformed, CONTRACTS[name], source.columns)
