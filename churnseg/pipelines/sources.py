@@ -587,17 +587,17 @@ def _verbatim_copy(name: str, file: str, target: Path) -> int | None:
     The copy has no ``_row``: ``read_extracted`` numbers its rows on read, the same numbers
     a rewrite stores (rewriting 23M transaction lines cost 7 s of the extract at 1M customers,
     copying them 0.3 s). None when the file has large row groups or a ``file_row_number``
-    column; the caller then rewrites it. Only the footer is read here: a page damaged inside a
-    readable footer fails when cleaning reads it, not here.
+    column; the caller then rewrites it. Only the footer is read here: a page DuckDB cannot
+    decode fails when cleaning reads it, not here.
 
     Raises:
         SourceError: The file is not Parquet, or it has a column named ``_row``.
     """
     try:
         metadata = pq.ParquetFile(file).metadata
+        names = metadata.schema.to_arrow_schema().names
     except (OSError, pa.ArrowException) as exc:
         raise SourceError(f"table {name!r}: cannot read {file}: {_first_line(exc, None)}") from None
-    names = metadata.schema.to_arrow_schema().names
     if ROW in names:
         raise SourceError(f"table {name!r}: {file} has a column named {ROW!r} (reserved)")
     groups = (metadata.row_group(i).num_rows for i in range(metadata.num_row_groups))
