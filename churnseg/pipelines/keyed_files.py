@@ -50,6 +50,7 @@ from churnseg.pipelines.sources import (
     connect_engine,
     extract_table,
     next_offset,
+    numbered_by_position,
 )
 
 KEY = "_key"
@@ -98,8 +99,7 @@ def _write_copy(
         raw = con.read_csv(file, **_csv_options(source, ignore_errors=True))
         numbered = raw.mutate(**{ROW: ibis.row_number()})
     else:
-        raw = con.read_parquet(file, file_row_number=True)
-        numbered = raw.mutate(**{ROW: raw.file_row_number.cast("int64")}).drop("file_row_number")
+        numbered = numbered_by_position(con.read_parquet(file, file_row_number=True))
     column = _customer_column(source)
     if column not in numbered.columns:
         raise SourceError(f"{file}: no customer column {column!r} to order rows by")

@@ -553,8 +553,7 @@ def _csv_part(
     )
     try:
         table = con.read_csv(file, **options)
-        if ROW in table.columns:
-            raise SourceError(f"table {name!r}: {file} has a column named {ROW!r} (reserved)")
+        _refuse_row_column(name, file, table.columns)
         numbered = table.mutate(**{ROW: ibis.row_number() + offset})
         con.to_parquet(
             _only_customers(numbered, source, customers), target, **PARQUET_WRITE_OPTIONS
@@ -598,8 +597,7 @@ def _verbatim_copy(name: str, file: str, target: Path) -> int | None:
         names = metadata.schema.to_arrow_schema().names
     except (OSError, pa.ArrowException) as exc:
         raise SourceError(f"table {name!r}: cannot read {file}: {_first_line(exc, None)}") from None
-    if ROW in names:
-        raise SourceError(f"table {name!r}: {file} has a column named {ROW!r} (reserved)")
+    _refuse_row_column(name, file, names)
     groups = (metadata.row_group(i).num_rows for i in range(metadata.num_row_groups))
     if _FILE_ROW_NUMBER in names or max(groups, default=0) > VERBATIM_MAX_GROUP_ROWS:
         return None
@@ -617,9 +615,19 @@ def read_extracted(con: DuckDBBackend, path: Path) -> ir.Table:
     # DuckDB 2.0 then folds isnan() to false on every row: cleaning would keep NaN amounts.
     if ROW in pq.read_schema(path).names:
         return con.read_parquet(path, can_have_nan=True)
-    table = con.read_parquet(path, file_row_number=True, can_have_nan=True)
-    numbered = table.mutate(**{ROW: table[_FILE_ROW_NUMBER].cast("int64")})
-    return numbered.drop(_FILE_ROW_NUMBER)
+    return numbered_by_position(con.read_parquet(path, file_row_number=True, can_have_nan=True))
+
+
+def numbered_by_position(table: ir.Table, offset: int = 0) -> ir.Table:
+    """Return ``table``, read with ``file_row_number``, with ``_row`` = ``offset`` + position."""
+    row = (table[_FILE_ROW_NUMBER] + offset).cast("int64")
+    return table.mutate(**{ROW: row}).drop(_FILE_ROW_NUMBER)
+
+
+def _refuse_row_column(name: str, file: str, columns: Sequence[str]) -> None:
+    """Raise ``SourceError`` when a source file has a column named ``_row`` (reserved)."""
+    if ROW in columns:
+        raise SourceError(f"table {name!r}: {file} has a column named {ROW!r} (reserved)")
 
 
 def _parquet_part(
@@ -638,10 +646,8 @@ def _parquet_part(
     """
     try:
         table = con.read_parquet(file, file_row_number=True)
-        if ROW in table.columns:
-            raise SourceError(f"table {name!r}: {file} has a column named {ROW!r} (reserved)")
-        row = (table.file_row_number + offset).cast("int64")
-        numbered = table.mutate(**{ROW: row}).drop("file_row_number")
+        _refuse_row_column(name, file, table.columns)
+        numbered = numbered_by_position(table, offset)
         con.to_parquet(
             _only_customers(numbered, source, customers), target, **PARQUET_WRITE_OPTIONS
         )
