@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 from itertools import pairwise
 from pathlib import Path
 
@@ -319,3 +320,25 @@ def test_read_feature_table_gives_the_frame_pandas_reads(tmp_path: Path) -> None
     assert kept.customer_id.tolist() == ["c1", "c2", "c4"]
     recent = read_feature_table(path, filters=[("recency_days", "<", 100.0)])
     assert recent.frequency.tolist() == [3, 1]  # a missing recency fails the test
+
+
+def test_batches_read_ahead_gives_every_batch_of_every_file_in_order(tmp_path: Path) -> None:
+    from churnseg.pipelines.frames import batches_read_ahead
+
+    paths = []
+    for i, n in enumerate([7, 0, 5]):  # an empty file in the middle yields nothing
+        path = tmp_path / f"part{i}.parquet"
+        pq.write_table(pa.table({"x": pa.array(range(100 * i, 100 * i + n), pa.int64())}), path)
+        paths.append(path)
+    files = [pq.ParquetFile(p) for p in paths]
+    batches = list(batches_read_ahead(files, batch_size=3))
+    assert [b.num_rows for b in batches] == [3, 3, 1, 3, 2]
+    assert [v for b in batches for v in b.column("x").to_pylist()] == [
+        *range(0, 7),
+        *range(200, 205),
+    ]
+    # A reader that stops early leaves no thread behind: the generator closes its pool.
+    early = batches_read_ahead(files, batch_size=3)
+    assert next(early).num_rows == 3
+    early.close()
+    assert not [t for t in threading.enumerate() if t.name.startswith("read-ahead")]

@@ -1,4 +1,4 @@
-"""Feature tables as pandas frames, and handing Arrow's freed memory back.
+"""Feature tables as pandas frames or batches, and handing Arrow's freed memory back.
 
 A module of its own, light to import: the stages read their tables through it and the Prefect
 tasks release memory through it.
@@ -6,7 +6,9 @@ tasks release memory through it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,23 @@ def read_feature_table(
     """
     table = pq.read_table(path, filters=filters, columns=None if columns is None else list(columns))
     return frame_of(table)
+
+
+def batches_read_ahead(
+    files: Sequence[pq.ParquetFile], batch_size: int
+) -> Iterator[pa.RecordBatch]:
+    """Yield the record batches of ``files`` in order, decoding the next while this one is used.
+
+    The same batches as ``iter_batches`` file after file. Arrow decodes without the GIL, so a
+    caller that spends its time encoding or writing each batch overlaps the two; at most two
+    batches are in memory at once.
+    """
+    batches = itertools.chain.from_iterable(f.iter_batches(batch_size=batch_size) for f in files)
+    with ThreadPoolExecutor(1, thread_name_prefix="read-ahead") as pool:
+        pending = pool.submit(next, batches, None)
+        while (batch := pending.result()) is not None:
+            pending = pool.submit(next, batches, None)
+            yield batch
 
 
 def frame_of(table: pa.Table) -> pd.DataFrame:

@@ -43,6 +43,7 @@ from churnseg.models.registry import (
 )
 from churnseg.pipelines import progress
 from churnseg.pipelines.config import Config, FeatureConfig
+from churnseg.pipelines.frames import batches_read_ahead
 from churnseg.pipelines.sources import (
     DICTIONARY_VALUES,
     PARQUET_WRITE_OPTIONS,
@@ -153,13 +154,12 @@ def _append_columns(sources: list[Path], schema: pa.Schema, extra: pa.Table, tar
     with pq.ParquetWriter(
         target, out_schema, dictionary_pagesize_limit=_DICTIONARY_PAGE_BYTES
     ) as writer:
-        for file in files:
-            for batch in file.iter_batches(batch_size=_APPEND_BATCH_ROWS):
-                base = [batch.column(f.name).cast(f.type) for f in schema]
-                more = extra.slice(offset, batch.num_rows)
-                columns = [*base, *(c.combine_chunks() for c in more.columns)]
-                writer.write_batch(pa.RecordBatch.from_arrays(columns, schema=out_schema))
-                offset += batch.num_rows
+        for batch in batches_read_ahead(files, _APPEND_BATCH_ROWS):
+            base = [batch.column(f.name).cast(f.type) for f in schema]
+            more = extra.slice(offset, batch.num_rows)
+            columns = [*base, *(c.combine_chunks() for c in more.columns)]
+            writer.write_batch(pa.RecordBatch.from_arrays(columns, schema=out_schema))
+            offset += batch.num_rows
 
 
 # Exact channel and event-type lists as JSON (a level may hold a comma); read by score runs.
