@@ -37,6 +37,7 @@ import os
 import sys
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -304,6 +305,7 @@ def run_flow(kind: str, env: dict[str, str], features_path: str) -> dict[str, An
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     from churnseg.pipelines.flows import retrain_flow, score_flow
 
+    since = datetime.now(UTC)
     began = time.perf_counter()
     if kind == "retrain":
         summary = retrain_flow()
@@ -319,7 +321,28 @@ def run_flow(kind: str, env: dict[str, str], features_path: str) -> dict[str, An
         "rows_published": summary["rows_published"],
         "val_roc_auc": summary.get("val_roc_auc"),
         "run_folder": summary.get("run_folder"),
+        "tasks": task_seconds(since),
     }
+
+
+def task_seconds(since: datetime) -> list[tuple[str, float]]:
+    """Return (task name, wall seconds) of every Prefect task run started since ``since``.
+
+    In start order, as Prefect's server recorded them; the name without its run suffix. The
+    retrain flow's score subflow shows as one ``score`` entry, then its own tasks.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterStartTime
+
+    after = TaskRunFilter(start_time=TaskRunFilterStartTime(after_=since))
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(task_run_filter=after)
+    timed = [r for r in runs if r.start_time is not None and r.end_time is not None]
+    timed.sort(key=lambda r: r.start_time)
+    return [
+        (r.name.rsplit("-", 1)[0], round((r.end_time - r.start_time).total_seconds(), 1))
+        for r in timed
+    ]
 
 
 def in_fresh_process(fn: Any, *args: Any) -> dict[str, Any]:
@@ -386,9 +409,14 @@ def _target(n: int, stage: str, r: dict[str, Any]) -> str:
 
 
 def _fmt(stage: str, r: dict[str, Any], n: int = 0, key: str = "") -> str:
-    extra = {k: v for k, v in r.items() if k not in ("seconds", "peak_rss_mb")}
+    extra = {k: v for k, v in r.items() if k not in ("seconds", "peak_rss_mb", "tasks")}
     target = _target(n, key or stage, r)
     return f"  {stage:<18} {r['seconds']:8.1f} s  {r['peak_rss_mb']:8,.0f} MB{target}  {extra}"
+
+
+def _task_line(r: dict[str, Any]) -> str:
+    tasks = r.get("tasks") or []
+    return "    tasks: " + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in tasks)
 
 
 def bench_size(n: int, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
@@ -477,6 +505,7 @@ def bench_size(n: int, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
                 + "  (= churnseg run)",
                 flush=True,
             )
+            print(_task_line(results["flow-retrain"]), flush=True)
             # The stages' scoring table when they built one, else the retrain flow's own.
             built = work / "runs" / "bench" / "features" / "scoring.parquet"
             if not built.exists():
@@ -486,6 +515,7 @@ def bench_size(n: int, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
                 _fmt("score flow", results["flow-score"], n, "flow-score")
                 + "  (score + publish, features built)"
             )
+            print(_task_line(results["flow-score"]), flush=True)
             both = results["flow-retrain"]["seconds"] + results["flow-score"]["seconds"]
             allowed = FLOWS_TOTAL_TARGET.get(n)
             verdict = ""
