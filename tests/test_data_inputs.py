@@ -331,7 +331,9 @@ def test_fail_safe_stops_before_training_and_leaves_published_scores(tmp_path: P
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     try:
         # An explicit experiment: other tests may leave a global active experiment id behind.
-        experiment_id = MlflowClient().create_experiment("data-in-fail-safe")
+        experiment_id = MlflowClient().create_experiment(
+            "data-in-fail-safe", artifact_location=(tmp_path / "artifacts").as_uri()
+        )
         with mlflow.start_run(experiment_id=experiment_id) as run:
             stages.extract_stage(config, paths)
             with pytest.raises(stages.DataQualityError) as error:

@@ -110,7 +110,8 @@ def _build(state: Path, clean: Path, engine: dict[str, Any]) -> tuple[stages.Run
     )
     paths = stages.run_paths(config, "run")
     shutil.copytree(clean, paths.clean)
-    mlflow.set_tracking_uri(f"sqlite:///{state}/mlflow.db")
+    # The run folder's own store and artifact location: nothing lands in ./mlruns.
+    stages.configure_mlflow(config)
     with mlflow.start_run() as run:
         plan = stages.resolve_plan(config, paths)
         counts = stages.feature_stage(config, paths, plan)

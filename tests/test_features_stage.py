@@ -35,7 +35,8 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[stages.RunPaths, di
     paths = stages.run_paths(config, "run")
     # A generated sample without dirty rows stands in for the clean stage's output.
     write_tables(paths.clean, generate_sample(SampleSpec(customers=400, seed=21, dirty_fraction=0)))
-    mlflow.set_tracking_uri(f"sqlite:///{state}/mlflow.db")
+    # The run folder's own store and artifact location: nothing lands in ./mlruns.
+    stages.configure_mlflow(config)
     with mlflow.start_run():
         plan = stages.resolve_plan(config, paths)
         counts = stages.feature_stage(config, paths, plan)

@@ -124,7 +124,8 @@ def features(tmp_path_factory: pytest.TempPathFactory) -> tuple[Config, Recorder
     )
     paths = stages.run_paths(config, "run")
     write_tables(paths.clean, generate_sample(SampleSpec(customers=150, seed=4, dirty_fraction=0)))
-    mlflow.set_tracking_uri(f"sqlite:///{state}/mlflow.db")
+    # The run folder's own store and artifact location: nothing lands in ./mlruns.
+    stages.configure_mlflow(config)
     recorder = Recorder()
     with mlflow.start_run(), progress.using(recorder):
         stages.feature_stage(config, paths, stages.resolve_plan(config, paths))
