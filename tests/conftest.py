@@ -34,6 +34,20 @@ _MLFLOW_DEFAULT = f"sqlite:///{tempfile.mkdtemp(prefix='churnseg-mlflow-')}/mlfl
 os.environ["MLFLOW_TRACKING_URI"] = _MLFLOW_DEFAULT
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _no_mlruns_in_the_checkout() -> Iterator[None]:
+    """Fail the session when a test leaves MLflow artifacts in ./mlruns of the checkout.
+
+    A SQLite tracking store without an artifact location puts artifacts there, relative to
+    the working directory: give every experiment a location in the test's own folder.
+    """
+    stray = Path("mlruns")
+    existed = stray.exists()
+    yield
+    if not existed and stray.exists():
+        pytest.fail(f"a test wrote MLflow artifacts into {stray.resolve()}; remove it")
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _mlflow_state_per_module() -> Iterator[None]:
     """Reset MLflow's process-wide state after each test module.

@@ -93,7 +93,11 @@ def tracking(tmp_path: Path) -> str:
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    mlflow.set_experiment("registry-test")
+    # An artifact location of its own: by default MLflow puts a SQLite store's artifacts in
+    # ./mlruns of the working directory, the checkout.
+    location = (tmp_path / "artifacts").as_uri()
+    experiment = mlflow.MlflowClient().create_experiment("registry-test", location)
+    mlflow.set_experiment(experiment_id=experiment)
     return uri
 
 
