@@ -103,3 +103,54 @@ def test_model_scores_raw_feature_table(trained: dict[str, Any]) -> None:
     frame = pd.read_parquet(Path(paths.features) / "scoring.parquet")
     proba = churn_probability(model, frame)
     assert len(proba) == len(frame) and ((proba >= 0) & (proba <= 1)).all()
+
+
+def test_the_refit_fits_after_the_training_frame_is_let_go(
+    trained: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The refit's final fit is the stage's largest moment: the training frame is gone by then."""
+    import weakref
+
+    import pandas as pd
+
+    from churnseg.models import churn as churn_model
+    from churnseg.pipelines.stages import churn_training
+
+    read = churn_training.read_at_risk_population
+    refit = churn_model.refit_calibrated
+    frames: list[weakref.ref[pd.DataFrame]] = []
+    alive: list[bool] = []
+
+    def reading(path: Path, *args: Any, **kwargs: Any) -> pd.DataFrame:
+        frame = read(path, *args, **kwargs)
+        if path.name == "train.parquet":
+            frames.append(weakref.ref(frame))
+        return frame
+
+    def refitting(rows: churn_model.RefitRows, *args: Any, **kwargs: Any) -> Any:
+        alive.append(frames[-1]() is not None)
+        return refit(rows, *args, **kwargs)
+
+    monkeypatch.setattr(churn_training, "read_at_risk_population", reading)
+    monkeypatch.setattr(churn_model, "refit_calibrated", refitting)
+    with mlflow.start_run():
+        stages.churn_stage(trained["config"], trained["paths"])
+    assert alive == [False], "the challenger's refit ran once, without the training frame"
+
+
+def test_a_refit_of_other_columns_learns_from_the_same_customers() -> None:
+    import numpy as np
+    import pandas as pd
+
+    from churnseg.models import churn as churn_model
+
+    rng = np.random.default_rng(0)
+    train = pd.DataFrame({"a": rng.normal(size=3000), "b": rng.normal(size=3000)})
+    latest = pd.DataFrame({"a": rng.normal(size=1000), "b": rng.normal(size=1000)})
+    rows = churn_model.refit_rows(train, latest, 800, 7)
+    assert rows.older == 600 and len(rows.latest) == 200, "each table gives its share"
+    assert rows.every.iloc[:600].index.isin(train.index).all()
+    assert rows.latest["a"].isin(latest["a"]).all(), "the latest rows come last"
+    narrow = churn_model.refit_rows(train[["a"]], latest[["a"]], 800, 7)
+    assert narrow.every.index.equals(rows.every.index), "the same rows, whatever the columns"
+    assert churn_model.refit_rows(train, latest, None, 7).older == 3000, "None: every row"

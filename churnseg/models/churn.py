@@ -430,22 +430,14 @@ def fit_calibrated(
             rows is as smooth as on the 600k of a million customers.
         label_days: Days a label reads after its cutoff (see ``held_out_rows``).
         latest: Rows of a later cutoff to learn from and calibrate on too (the refit on the
-            newest labels, see ``_refit_on_latest``).
+            newest labels, see ``refit_calibrated``).
         fold_rows: With ``latest``: rows each out-of-fold calibration model fits on (a seeded
             sample; default: all).
     """
     if latest is not None:
-        return _refit_on_latest(
-            train,
-            latest,
-            spec,
-            name,
-            params,
-            method,
-            random_state,
-            sample_rows,
-            calibration_rows,
-            fold_rows,
+        rows = refit_rows(train, latest, sample_rows, random_state)
+        return refit_calibrated(
+            rows, spec, name, params, method, random_state, calibration_rows, fold_rows
         )
     fit_mask, test_mask, _ = held_out_rows(train, label_days, random_state)
     early = _sample_rows(train, fit_mask, sample_rows, random_state)
@@ -461,32 +453,71 @@ def fit_calibrated(
 REFIT_FOLDS = 2
 
 
-def _refit_on_latest(
-    train: pd.DataFrame,
-    latest: pd.DataFrame,
-    spec: FeatureSpec,
-    name: str,
-    params: dict[str, Any],
-    method: str,
-    random_state: int,
-    sample_rows: int | None,
-    calibration_rows: int | None,
-    fold_rows: int | None,
-) -> CalibratedChurnModel:
-    """Fit the candidate on ``train`` and ``latest`` together; calibrate out of fold.
+@dataclass(frozen=True)
+class RefitRows:
+    """The rows a refit on the newest labels learns from: ``every`` = training rows, then latest.
 
-    The newest matured labels (``latest``, the validation cutoff) are learnt from as well as
-    calibrated on: ``latest``'s customers are split in ``REFIT_FOLDS`` seeded folds, each fold's
-    decision values come from the candidate fitted without that fold (on a seeded sample of at
-    most ``fold_rows`` rows: the folds only calibrate, and at a million customers two more full
-    fits cost more than the rest of the stage), and the calibrator is fitted on those
-    out-of-fold values; the model kept is the candidate fitted on everything.
+    ``every`` stacks a seeded sample of the training rows (its first ``older`` rows) and of the
+    latest cutoff's rows, as ``refit_rows`` draws them. Drawn apart from the fits, so a caller
+    can let the whole training frame go before the refit's final fit, its largest moment.
+    """
+
+    every: pd.DataFrame
+    older: int
+
+    @property
+    def latest(self) -> pd.DataFrame:
+        """Return the latest cutoff's rows (a view of ``every``)."""
+        return self.every.iloc[self.older :]
+
+
+def refit_rows(
+    train: pd.DataFrame, latest: pd.DataFrame, sample_rows: int | None, random_state: int
+) -> RefitRows:
+    """Return the refit's rows: seeded samples of ``train`` and ``latest``, in that order.
+
+    Together at most ``sample_rows`` (None: all), each table giving its share of them. The
+    rows depend only on the tables' lengths and the seed, so the challenger's refit and a
+    baseline's (other columns) learn from the same customers.
     """
     share = len(train) / max(len(train) + len(latest), 1)
     rows = None if sample_rows is None else round(sample_rows * share)
     old = _sample_rows(train, np.ones(len(train), dtype=bool), rows, random_state)
     rows = None if sample_rows is None else sample_rows - len(old)
     new = _sample_rows(latest, np.ones(len(latest), dtype=bool), rows, random_state + 1)
+    return RefitRows(pd.concat([old, new]), len(old))
+
+
+def refit_calibrated(
+    rows: RefitRows,
+    spec: FeatureSpec,
+    name: str,
+    params: dict[str, Any],
+    method: str,
+    random_state: int = 0,
+    calibration_rows: int | None = None,
+    fold_rows: int | None = None,
+) -> CalibratedChurnModel:
+    """Fit the candidate on all of ``rows``; calibrate it out of fold on the latest ones.
+
+    The newest matured labels (``rows.latest``, the validation cutoff) are learnt from as well
+    as calibrated on: their customers are split in ``REFIT_FOLDS`` seeded folds, each fold's
+    decision values come from the candidate fitted without that fold (on a seeded sample of at
+    most ``fold_rows`` rows: the folds only calibrate, and at a million customers two more full
+    fits cost more than the rest of the stage), and the calibrator is fitted on those
+    out-of-fold values; the model kept is the candidate fitted on everything.
+
+    Args:
+        rows: What to learn from (``refit_rows``).
+        spec: Model inputs.
+        name: Candidate (``logreg`` or ``hgb``).
+        params: Its parameters.
+        method: Calibration, as in ``fit_calibrated``.
+        random_state: Seed of the model, the folds and the samples.
+        calibration_rows: Calibrate on a seeded sample of this many latest rows (None: all).
+        fold_rows: Rows each out-of-fold model fits on (a seeded sample; None: all).
+    """
+    old, new = rows.every.iloc[: rows.older], rows.latest
     fold = np.random.default_rng(random_state + 3).integers(0, REFIT_FOLDS, len(new))
     every_new = np.ones(len(new), dtype=bool)
     positions = sample_positions(every_new, calibration_rows, random_state + 2)
@@ -499,13 +530,12 @@ def _refit_on_latest(
         model.fit(part[spec.columns], part[LABEL])
         held = cal_fold == k
         decisions[held] = decision_values(model, cal[spec.columns][held])
-    every = pd.concat([old, new])
     labels = cal[LABEL]
     # The final fit copies its inputs twice more (to one array, then stacked with the encoded
     # categoricals): the samples it does not read go first.
     del old, new, cal, part, model
     base = candidate_pipeline(name, spec, params, random_state)
-    base.fit(every[spec.columns], every[LABEL])
+    base.fit(rows.every[spec.columns], rows.every[LABEL])
     return CalibratedChurnModel(base, method, random_state).fit_decisions(decisions, labels)
 
 
