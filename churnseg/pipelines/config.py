@@ -454,12 +454,12 @@ class ChurnConfig(_Strict):
         " bought yet); long-lapsed customers are churned already, not at risk.",
     )
     train_max_rows: int | None = Field(
-        3_000_000,
+        1_000_000,
         ge=10_000,
         description="Training rows read (the at-risk rows of every training cutoff; a seeded"
         " sample, about the same share of each cutoff, when there are more); null: all. The"
-        " search, the final fit and the calibrator fit on samples of these anyway, so more"
-        " rows only cost memory.",
+        " search, the final fit and the calibrator fit on samples of these anyway (at most"
+        " 500,000 and 200,000 rows by default), so more rows only cost memory.",
     )
     search_sample_rows: int = Field(
         100_000,
