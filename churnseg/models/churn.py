@@ -441,10 +441,11 @@ def fit_calibrated(
         )
     fit_mask, test_mask, _ = held_out_rows(train, label_days, random_state)
     early = _sample_rows(train, fit_mask, sample_rows, random_state)
-    last = _sample_rows(train, test_mask, calibration_rows, random_state + 2)
     base = candidate_pipeline(name, spec, params, random_state)
     base.fit(early[spec.columns], early[LABEL])
     del early  # the fit keeps no reference; free it before the calibration copies
+    # Drawn after the fit (the same rows either way): the fit is the larger moment.
+    last = _sample_rows(train, test_mask, calibration_rows, random_state + 2)
     calibrated = CalibratedChurnModel(base, method, random_state)
     return calibrated.fit(last[spec.columns], last[LABEL])
 
