@@ -337,8 +337,8 @@ def churn_stage(config: Config, paths: RunPaths) -> ChurnOutcome:
     refit = None
     if c.refit_on_latest:
         refit = churn_model.refit_rows(train, validation, c.fit_sample_rows, c.random_state)
-        # Nothing below reads the training frame: let it go before the refit's final fit, the
-        # stage's largest moment (at 1M customers: 1 GB of its 5 GB peak).
+        # Nothing below reads the training frame (1 GB at a million customers): let it go
+        # before the refit's final fit, which was the stage's largest moment.
         del train
         model = refitted(refit, spec, search.name, search.params)
         # Chosen again on the refit's out-of-fold values: the calibration that scores.
