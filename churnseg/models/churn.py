@@ -533,8 +533,9 @@ def refit_calibrated(
         decisions[held] = decision_values(model, cal[spec.columns][held])
     labels = cal[LABEL]
     # The final fit copies its inputs twice more (to one array, then stacked with the encoded
-    # categoricals): the samples it does not read go first.
-    del old, new, cal, part, model
+    # categoricals): the copies it does not read go first (``old`` and ``new`` are views of
+    # ``rows.every``, which it reads).
+    del cal, part, model
     base = candidate_pipeline(name, spec, params, random_state)
     base.fit(rows.every[spec.columns], rows.every[LABEL])
     return CalibratedChurnModel(base, method, random_state).fit_decisions(decisions, labels)
