@@ -170,6 +170,7 @@ def run_reference(kind: str, env: dict[str, str], run_folder: str, run_id: str) 
     os.environ.update(env)
     _quiet()
     import mlflow
+    import numpy as np
     import pandas as pd
 
     from churnseg.pipelines import stages
@@ -187,13 +188,15 @@ def run_reference(kind: str, env: dict[str, str], run_folder: str, run_id: str) 
         # The stage's own clustering space (inputs, signed log, scaling) ...
         matrix = pipeline[:-1].fit_transform(frame)
         k = int(params["segmentation_k"])
-        # ... and the estimator the stage fits at this size (KMeans, or MiniBatchKMeans above
-        # segmentation.minibatch_above rows), once, at the chosen k.
-        estimator = pipeline[-1]._estimator(k, len(matrix))
+        # ... and the k-means the stage fits, once, at the chosen k, on as many rows as the
+        # stage fits it on (a sample above segmentation.fit_sample_rows rows).
+        km = pipeline[-1]
+        estimator = km.estimator(k)
+        rows = km.fit_rows(matrix, np.random.default_rng(km.random_state))
         began = time.perf_counter()
-        estimator.fit(matrix)
+        estimator.fit(rows)
         out["seconds"] = time.perf_counter() - began
-        out["shape"] = matrix.shape
+        out["shape"] = rows.shape
         out["estimator"] = type(estimator).__name__
     elif kind == "hgb":
         from churnseg.models import churn as churn_model

@@ -58,6 +58,15 @@ def test_a_check_across_sections_says_what_is_missing_without_echoing_the_config
     assert "got {" not in problem and "tracking_uri" not in problem, "the config is not echoed"
 
 
+def test_segmentation_sample_keeps_its_former_name(tmp_path: Path) -> None:
+    """``minibatch_above`` (before 2026-12-07) still sets the rows k-means is fitted on."""
+    sample = "sample: {enabled: true}\n"
+    path = write(tmp_path, sample + "segmentation:\n  minibatch_above: 50000\n")
+    assert load_config(path, environ={}).segmentation.fit_sample_rows == 50_000
+    with pytest.raises(ConfigError, match=r"segmentation\.minibatch_above: .*1000"):
+        load_config(write(tmp_path, sample + "segmentation:\n  minibatch_above: 5\n"), environ={})
+
+
 def test_k_range_is_checked(tmp_path: Path) -> None:
     path = write(tmp_path, "segmentation:\n  k_min: 6\n  k_max: 3\n")
     with pytest.raises(ConfigError, match="k_max"):

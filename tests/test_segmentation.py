@@ -81,14 +81,37 @@ def test_retrain_on_later_snapshot_keeps_segment_names(
     assert match.kept, "matched segments keep their ids"
 
 
-def test_deterministic_and_row_order_free(population: dict[str, pd.DataFrame]) -> None:
+@pytest.mark.parametrize("fit_sample_rows", [200_000, 1000], ids=["whole", "sampled"])
+def test_deterministic_and_row_order_free(
+    population: dict[str, pd.DataFrame], fit_sample_rows: int
+) -> None:
     frame = population["later"].head(4000)
-    first = fit(frame, random_state=7).predict(frame)
-    again = fit(frame, random_state=7).predict(frame)
+    first = fit(frame, random_state=7, fit_sample_rows=fit_sample_rows).predict(frame)
+    again = fit(frame, random_state=7, fit_sample_rows=fit_sample_rows).predict(frame)
     np.testing.assert_array_equal(first, again)
     shuffled = frame.sample(frac=1.0, random_state=1)
-    permuted = pd.Series(fit(shuffled, random_state=7).predict(shuffled), index=shuffled.index)
+    refit = fit(shuffled, random_state=7, fit_sample_rows=fit_sample_rows)
+    permuted = pd.Series(refit.predict(shuffled), index=shuffled.index)
     np.testing.assert_array_equal(permuted.sort_index().to_numpy(), first)
+
+
+def test_a_sampled_fit_finds_the_whole_fit_s_segments(population: dict[str, pd.DataFrame]) -> None:
+    """k-means fitted on 2,000 of 12,000 rows: the same k and nearly the same segments."""
+    frame = population["later"]
+    whole, sampled = fit(frame), fit(frame, fit_sample_rows=2000)
+    assert sampled[-1].k_ == whole[-1].k_
+    agreement = adjusted_rand_score(whole.predict(frame), sampled.predict(frame))
+    assert agreement >= 0.95, f"adjusted Rand index {agreement:.3f} against the whole fit"
+    mask = established(frame)
+    truth = adjusted_rand_score(frame.latent_segment[mask], sampled.predict(frame)[mask])
+    assert truth >= 0.8, f"adjusted Rand index {truth:.3f} against the latent types"
+    # Scores describe every row, not the sample: inertia over all 12,000 rows by hand.
+    km, space = sampled[-1], seg.embed(sampled, frame)
+    by_hand = ((space - km.cluster_centers_[km.kmeans_.predict(space)]) ** 2).sum()
+    chosen = next(r for r in km.scores_ if r["k"] == km.k_)
+    assert chosen["inertia"] == pytest.approx(by_hand, rel=1e-9)
+    sizes = np.bincount(km.kmeans_.predict(space), minlength=km.k_)
+    assert chosen["min_share"] == pytest.approx(sizes.min() / len(frame))
 
 
 def blobs(centers: list[tuple[float, float]], n: int = 300, seed: int = 0) -> pd.DataFrame:

@@ -19,7 +19,7 @@ import pandas as pd
 from numpy.typing import NDArray
 from scipy.optimize import linear_sum_assignment
 from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
-from sklearn.cluster import KMeans, MiniBatchKMeans
+from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA
 from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score, silhouette_score
 from sklearn.pipeline import Pipeline
@@ -167,12 +167,17 @@ class SegmentInputs(TransformerMixin, BaseEstimator):
 class AutoKMeans(ClusterMixin, BaseEstimator):
     """k-means whose k is chosen from the data, with ids that can be relabelled.
 
-    For every k in ``[k_min, k_max]`` it fits k-means (``KMeans`` up to ``minibatch_above``
-    rows, ``MiniBatchKMeans`` above) and scores silhouette (on a sample of at most
-    ``silhouette_sample`` rows), Calinski-Harabasz and Davies-Bouldin. k is the one with the
-    best silhouette among those whose smallest segment holds at least ``min_segment_share`` of
-    the rows (all k when none does). Rows are sorted before fitting, so the result does not
-    depend on row order.
+    For every k in ``[k_min, k_max]`` it fits k-means (``KMeans``, on a seeded sample of
+    ``fit_sample_rows`` rows when there are more) and scores, over every row, the segments it
+    predicts: silhouette (on a sample of at most ``silhouette_sample`` rows), Calinski-Harabasz,
+    Davies-Bouldin, inertia. k is the one with the best silhouette among those whose smallest
+    segment holds at least ``min_segment_share`` of the rows (all k when none does). Rows are
+    sorted before fitting, so the result does not depend on row order.
+
+    The sample keeps the fit's cost fixed as customers grow: ``MiniBatchKMeans`` over every row,
+    used before, took more steps with more rows and longer steps (at 5M rows 5-10x the steps of
+    1M, each 4x as long), so segmentation grew 12x from 1M to 5M customers. Centroids of two
+    inputs from 200k rows are within a few thousandths of a standard deviation of the full fit's.
 
     Attributes:
         k_: The chosen number of segments.
@@ -189,7 +194,7 @@ class AutoKMeans(ClusterMixin, BaseEstimator):
         min_segment_share: float = 0.03,
         silhouette_sample: int = 5000,
         n_init: int = 4,
-        minibatch_above: int = 200_000,
+        fit_sample_rows: int = 200_000,
         random_state: int = 0,
     ) -> None:
         self.k_min = k_min
@@ -197,18 +202,18 @@ class AutoKMeans(ClusterMixin, BaseEstimator):
         self.min_segment_share = min_segment_share
         self.silhouette_sample = silhouette_sample
         self.n_init = n_init
-        self.minibatch_above = minibatch_above
+        self.fit_sample_rows = fit_sample_rows
         self.random_state = random_state
 
-    def _estimator(self, k: int, n_rows: int) -> KMeans | MiniBatchKMeans:
-        if n_rows > self.minibatch_above:
-            return MiniBatchKMeans(
-                n_clusters=k,
-                n_init=self.n_init,
-                random_state=self.random_state,
-                batch_size=4096,
-            )
+    def estimator(self, k: int) -> KMeans:
+        """Return the unfitted k-means ``fit`` uses for ``k`` segments."""
         return KMeans(n_clusters=k, n_init=self.n_init, random_state=self.random_state)
+
+    def fit_rows(self, X: NDArray[np.float64], rng: np.random.Generator) -> NDArray[np.float64]:
+        """Return the rows k-means is fitted on: ``X``, or a sample of ``fit_sample_rows``."""
+        if len(X) <= self.fit_sample_rows:
+            return X
+        return X[np.sort(rng.choice(len(X), self.fit_sample_rows, replace=False))]
 
     def fit(
         self, X: NDArray[np.float64], y: Any = None, on_k: Callable[[int], None] | None = None
@@ -235,18 +240,23 @@ class AutoKMeans(ClusterMixin, BaseEstimator):
             if len(X) > self.silhouette_sample
             else np.arange(len(X))
         )
+        # Drawn after the silhouette sample, so a table small enough to fit whole gets the
+        # same silhouette rows as before sampling existed.
+        rows = self.fit_rows(X, rng)
         records, fits = [], {}
         for k in range(self.k_min, k_hi + 1):
-            km = self._estimator(k, len(X)).fit(X)
+            km = self.estimator(k).fit(rows)
             labels = km.predict(X)
             sizes = np.bincount(labels, minlength=k)
+            # k-means' own inertia is the sample's when it fitted one: every row's instead.
+            inertia = km.inertia_ if rows is X else -km.score(X)
             records.append(
                 {
                     "k": k,
                     "silhouette": float(silhouette_score(X[sample], labels[sample])),
                     "calinski_harabasz": float(calinski_harabasz_score(X, labels)),
                     "davies_bouldin": float(davies_bouldin_score(X, labels)),
-                    "inertia": float(km.inertia_),
+                    "inertia": float(inertia),
                     "min_share": float(sizes.min() / len(X)),
                     "eligible": bool(sizes.min() / len(X) >= self.min_segment_share),
                 }

@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import (
+    AliasChoices,
     BaseModel,
     ConfigDict,
     Field,
@@ -340,8 +341,12 @@ class SegmentationConfig(_Strict):
     min_segment_share: float = Field(0.03, ge=0.0, lt=0.5)
     silhouette_sample: int = Field(5000, ge=100)
     n_init: int = Field(4, ge=1)
-    minibatch_above: int = Field(
-        200_000, ge=1000, description="Rows above which MiniBatchKMeans replaces KMeans."
+    fit_sample_rows: int = Field(
+        200_000,
+        ge=1000,
+        validation_alias=AliasChoices("fit_sample_rows", "minibatch_above"),
+        description="k-means is fitted on a seeded sample of this many rows when there are "
+        "more; every row is then assigned (minibatch_above: its former name).",
     )
     match_max_distance: float = Field(
         1.0,

@@ -115,7 +115,7 @@ def segmentation_pipeline_from_config(config: Config, features: list[str]) -> Pi
         min_segment_share=s.min_segment_share,
         silhouette_sample=s.silhouette_sample,
         n_init=s.n_init,
-        minibatch_above=s.minibatch_above,
+        fit_sample_rows=s.fit_sample_rows,
         random_state=s.random_state,
     )
 
