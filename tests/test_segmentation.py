@@ -7,6 +7,8 @@ import ibis
 import numpy as np
 import pandas as pd
 import pytest
+import sklearn.base
+import skops.io
 from sklearn.metrics import adjusted_rand_score
 
 from churnseg.features.behaviour import rfm_features
@@ -112,6 +114,18 @@ def test_a_sampled_fit_finds_the_whole_fit_s_segments(population: dict[str, pd.D
     assert chosen["inertia"] == pytest.approx(by_hand, rel=1e-9)
     sizes = np.bincount(km.kmeans_.predict(space), minlength=km.k_)
     assert chosen["min_share"] == pytest.approx(sizes.min() / len(frame))
+
+
+def test_a_model_saved_before_the_sample_setting_loads_and_refits() -> None:
+    """A champion registered before 2026-12-07 stored ``minibatch_above``; it still works."""
+    x = np.random.default_rng(0).normal(size=(300, 2))
+    km = seg.AutoKMeans(k_max=3, n_init=1, fit_sample_rows=5000).fit(x)
+    km.__dict__["minibatch_above"] = km.__dict__.pop("fit_sample_rows")  # the old layout
+    blob = skops.io.dumps(km)
+    old = skops.io.loads(blob, trusted=skops.io.get_untrusted_types(data=blob))
+    assert old.get_params()["fit_sample_rows"] == 5000 and "minibatch_above" not in vars(old)
+    np.testing.assert_array_equal(old.predict(x), km.predict(x))
+    np.testing.assert_array_equal(sklearn.base.clone(old).fit(x).predict(x), km.predict(x))
 
 
 def blobs(centers: list[tuple[float, float]], n: int = 300, seed: int = 0) -> pd.DataFrame:

@@ -205,6 +205,13 @@ class AutoKMeans(ClusterMixin, BaseEstimator):
         self.fit_sample_rows = fit_sample_rows
         self.random_state = random_state
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Restore a saved model (one saved before 2026-12-07 says ``minibatch_above``)."""
+        if "minibatch_above" in state:  # a champion registered by an earlier version
+            state = dict(state)
+            state["fit_sample_rows"] = state.pop("minibatch_above")
+        super().__setstate__(state)
+
     def estimator(self, k: int) -> KMeans:
         """Return the unfitted k-means ``fit`` uses for ``k`` segments."""
         return KMeans(n_clusters=k, n_init=self.n_init, random_state=self.random_state)
