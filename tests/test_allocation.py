@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -23,6 +24,7 @@ from churnseg.models.allocation import (
     AllocationError,
     AllocationWeights,
     _covering_excess,
+    _fill_evenly,
     allocate,
     allocation_quality,
     greedy_allocate,
@@ -454,6 +456,54 @@ def test_owners_alike_share_seats_and_each_stays_within_its_capacity() -> None:
     # The one customer beyond the class's seats goes to e, out of region: the least value.
     assert owner_of(result.assignments)["c0"] == "e"
     assert result.objective == pytest.approx(10.0) == result.lower_bound
+
+
+def test_alike_owners_with_room_are_one_row_and_arrivals_even_out_their_room(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # a, b and c cost the same for everyone and hold no more than their capacity: the program
+    # gets one capacity row for the three. d is alike too but over capacity: its own row, as it
+    # must shed its own excess; e differs. So 3 owner rows and the budget row.
+    staff = owners(
+        ("a", "north", "retail", 3, 5, True),
+        ("b", "north", "retail", 3, 5, True),
+        ("c", "north", "retail", 3, 5, True),
+        ("d", "north", "retail", 3, 1, True),
+        ("e", "south", "retail", 3, 1, True),
+    )
+    held = {"a": 4, "b": 1, "d": 2}
+    current = pd.Series({f"{o}{k}": o for o, n in held.items() for k in range(n)})
+    newcomers = [f"n{k}" for k in range(3)]
+    customers = book(*[(i, "north", "retail", "C", 1.0) for i in [*current.index, *newcomers]])
+    rows: list[int] = []
+    real = allocation._optimum_by_columns
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        rows.append(len(kwargs["b_ub"]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(allocation, "_optimum_by_columns", spy)
+    result = allocate(customers, staff, current, max_moves_share=0.0)
+    assert rows == [4], rows
+    # d's one customer too many and the 3 newcomers fill a, b, c's room (1, 4, 5) from the most
+    # room down: to 1, 2, 3 left (b gets 2, c gets 2).
+    load = result.assignments["owner_id"].value_counts().to_dict()
+    assert load == {"a": 4, "b": 3, "c": 2, "d": 1}, load
+    assert result.objective == pytest.approx(4.0) == result.lower_bound  # one forced move
+
+
+@pytest.mark.parametrize(
+    ("room", "total", "seats"),
+    [
+        ([1, 4, 5], 4, [0, 2, 2]),
+        ([1, 4, 5], 10, [1, 4, 5]),
+        ([3, 3], 3, [2, 1]),
+        ([0, 0, 2], 1, [0, 0, 1]),
+        ([2, 6], 0, [0, 0]),
+    ],
+)
+def test_seats_go_where_most_room_is_left(room: list[int], total: int, seats: list[int]) -> None:
+    assert _fill_evenly(np.array(room), total).tolist() == seats
 
 
 @pytest.mark.parametrize(("seed", "share"), [(280, 0.02), (324, 0.1)])

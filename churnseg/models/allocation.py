@@ -16,14 +16,15 @@ owner are interchangeable, so the problem is a transportation problem over those
 million customers and 500 owners, some 10^5 groups instead of 5x10^8 customer-owner pairs). A
 group's only variable is how many of it leave its owner; leavers and new customers pass through
 pools per (profile, bucket) and per profile to classes of owners that cost the same, and on to
-the owners; the move budget is one extra row. HiGHS (scipy) solves the linear program by column
-generation: first with leaving offered only to groups likely to leave and profiles sent only to
-their best-matched classes, then, from the basis it ended with, with any other column its duals
-price as worth it. Without the budget row the matrix is a network
+the owners, where owners alike that start within capacity share one capacity row (their room is
+filled evenly afterwards); the move budget is one extra row. HiGHS (scipy) solves the linear
+program by column generation: first with leaving offered only to groups likely to leave and
+profiles sent only to their best-matched classes, then, from the basis it ended with, with any
+other column its duals price as worth it. Without the budget row the matrix is a network
 matrix, so the optimum is integral; the budget row can leave a few fractional flows, which are
 rounded down (a group's leavers up, so no owner goes over capacity) and the customers left
 without a seat placed by ``_place_leftovers``. Why HiGHS rather than a dedicated min-cost-flow
-solver, and why no row per group: docs/allocation.md (measured).
+solver, and why no row per group or per owner: docs/allocation.md (measured).
 
 Pure library code: frames in, frames out, no I/O.
 """
@@ -281,18 +282,22 @@ def allocate(
         raise AllocationError(f"max_moves_share must be within [0, 1], got {max_moves_share}")
     owners = owner_table(owners)
     frame = _customer_frame(customers, owners, current, weights)
-    active = owners["active"].to_numpy()
 
-    # Interchangeable customers: same profile, priority and current (still valid) owner.
+    # Interchangeable customers: same profile, priority and current (still valid) owner, where
+    # alike owners with room count as one (``_OwnerUnits``).
     frame, costs = _with_profiles(frame, owners, weights)
-    frame["group"] = frame.groupby(["profile", "bucket", "stay_owner"], sort=True).ngroup()
+    stay = frame["stay_owner"].to_numpy()
+    held = np.bincount(stay[stay >= 0], minlength=len(owners))
+    units = _OwnerUnits.of(costs.total, owners, held)
+    frame["stay_unit"] = np.where(stay >= 0, units.unit[np.maximum(stay, 0)], -1)
+    frame["group"] = frame.groupby(["profile", "bucket", "stay_unit"], sort=True).ngroup()
     groups = (
         frame.groupby("group", sort=True)
         .agg(
             n=("customer_id", "size"),
             profile=("profile", "first"),
             bucket=("bucket", "first"),
-            stay_owner=("stay_owner", "first"),
+            stay_unit=("stay_unit", "first"),
         )
         .reset_index(drop=True)
     )
@@ -303,9 +308,11 @@ def allocate(
     limit = budget + overflow
     bound = None  # the first program's optimum: a tightened budget only raises it
     for _ in range(3):
-        flows = _solve(groups, costs.total, owners, active, weights, limit)
+        flows = _solve(
+            groups, units.costs(costs.total), units.capacity, units.active, weights, limit
+        )
         bound = flows.objective if bound is None else bound
-        placed = _disaggregate(frame, groups, flows, costs, owners)
+        placed = _disaggregate(frame, flows, costs, owners, units)
         excess = _moves_from_active(placed) - overflow - budget
         if excess <= 0 or limit == 0:
             break
@@ -408,7 +415,7 @@ class _Flows:
 
     stay: NDArray[np.int64]
     move: NDArray[np.int64]
-    pool_to_owner: NDArray[np.int64]  # profiles x owners
+    pool_to_owner: NDArray[np.int64]  # profiles x units (``_OwnerUnits``)
     objective: float
 
 
@@ -482,16 +489,130 @@ class _OwnerClasses:
         for c in np.flatnonzero(~alone):
             r = self.row[c]
             members = self.seat_owner[bounds[r] : bounds[r + 1]]
-            came = np.cumsum(arrivals[:, c])
-            given = np.cumsum(seats[bounds[r] : bounds[r + 1]])
-            total = min(came[-1], given[-1])
-            cuts = np.unique(np.concatenate([[0], came, given]))
-            cuts = cuts[cuts <= total]
-            start = cuts[:-1]
-            p = np.searchsorted(came, start, side="right")
-            o = np.searchsorted(given, start, side="right")
-            np.add.at(out, (p, members[o]), np.diff(cuts))
+            p, o, k = _hand_on(arrivals[:, c], seats[bounds[r] : bounds[r + 1]])
+            np.add.at(out, (p, members[o]), k)
         return out
+
+
+def _hand_on(
+    came: NDArray[np.int64], given: NDArray[np.int64]
+) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]:
+    """Return (profile, member, count) runs filling members' seats with arrivals in order.
+
+    ``came`` is per profile, ``given`` per member; where the totals differ, the smaller one is
+    handed on.
+    """
+    came = np.cumsum(came)
+    given = np.cumsum(given)
+    total = min(came[-1], given[-1]) if len(came) and len(given) else 0
+    cuts = np.unique(np.concatenate([[0], came, given]))
+    cuts = cuts[cuts <= total]
+    start = cuts[:-1]
+    profile = np.searchsorted(came, start, side="right")
+    member = np.searchsorted(given, start, side="right")
+    return profile, member, np.diff(cuts)
+
+
+@dataclass(frozen=True)
+class _OwnerUnits:
+    """The owners as the program's capacity rows see them: alike owners with room as one.
+
+    Active owners that cost the same for every profile and hold no more than their capacity
+    are interchangeable: whichever of them a customer leaves or joins costs the same, and as
+    none starts over capacity, any split of their leavers and arrivals that fills each one at
+    most to its capacity is feasible. So they get one row (their capacities summed), and their
+    customers of one profile and bucket one group. An owner over capacity keeps its own row,
+    since it must shed its own excess; an inactive owner is alone and takes nobody. On the
+    sample's book at 5M customers this turns 33,333 owner rows into 9,423 (7,867 owners over
+    capacity, 1,556 units of the rest), and the solver's 145 s into 7 s (docs/allocation.md).
+
+    Attributes:
+        unit: Per owner, its unit.
+        capacity: Per unit, its owners' capacity summed.
+        active: Per unit, whether it takes customers.
+        first: Per unit, its first owner (whose costs are the unit's).
+    """
+
+    unit: NDArray[np.int64]
+    capacity: NDArray[np.int64]
+    active: NDArray[np.bool_]
+    first: NDArray[np.int64]
+
+    @classmethod
+    def of(
+        cls, profile_costs: NDArray[np.float64], owners: pd.DataFrame, held: NDArray[np.int64]
+    ) -> _OwnerUnits:
+        """Return the units of ``owners`` given their cost columns and customers held."""
+        n = len(owners)
+        capacity = owners["capacity"].to_numpy(dtype=np.int64)
+        active = owners["active"].to_numpy(dtype=bool)
+        _, kind = np.unique(profile_costs.T, axis=0, return_inverse=True)
+        alone = ~active | (held > capacity)
+        _, unit = np.unique(
+            np.where(alone, np.arange(n), n + kind.reshape(-1)), return_inverse=True
+        )
+        unit = unit.reshape(-1).astype(np.int64)
+        n_units = int(unit.max()) + 1 if n else 0
+        first = np.full(n_units, n, dtype=np.int64)
+        np.minimum.at(first, unit, np.arange(n))
+        return cls(
+            unit=unit,
+            capacity=np.bincount(unit, weights=capacity, minlength=n_units).astype(np.int64),
+            active=active[first],
+            first=first,
+        )
+
+    def costs(self, profile_costs: NDArray[np.float64]) -> NDArray[np.float64]:
+        """Return profiles x units: the rule cost of each unit's owners."""
+        return profile_costs[:, self.first]
+
+    def seats_by_owner(
+        self,
+        pool_to_unit: NDArray[np.int64],
+        staying: NDArray[np.int64],
+        capacity: NDArray[np.int64],
+    ) -> NDArray[np.int64]:
+        """Return profiles x owners from the units' arrivals, given who stayed with whom.
+
+        A unit of several owners fills their room left after the stays evenly: seats go to the
+        owners with most room first, so the unit's owners end as evenly loaded as whole
+        customers allow.
+        """
+        size = np.bincount(self.unit, minlength=len(self.first))
+        out = np.zeros((pool_to_unit.shape[0], len(self.unit)), dtype=np.int64)
+        single = size[self.unit] == 1
+        out[:, single] = pool_to_unit[:, self.unit[single]]
+        order = np.argsort(self.unit, kind="stable")
+        bounds = np.searchsorted(self.unit[order], np.arange(len(self.first) + 1))
+        for u in np.flatnonzero((size > 1) & (pool_to_unit.sum(axis=0) > 0)):
+            members = order[bounds[u] : bounds[u + 1]]
+            arrivals = pool_to_unit[:, u]
+            room = np.maximum(capacity[members] - staying[members], 0)
+            p, m, k = _hand_on(arrivals, _fill_evenly(room, int(arrivals.sum())))
+            np.add.at(out, (p, members[m]), k)
+        return out
+
+
+def _fill_evenly(room: NDArray[np.int64], total: int) -> NDArray[np.int64]:
+    """Return seats per owner: ``total`` of them, taken where most room is left, at most all.
+
+    The seats bring every owner's room down to a common level (the lowest at which they
+    suffice), and the few left over go one each to the first owners at that level.
+    """
+    if total >= room.sum():
+        return room.copy()
+    low, high = 0, int(room.max())  # the level: seats = room above it
+    while low < high:
+        level = (low + high) // 2
+        if np.maximum(room - level, 0).sum() <= total:
+            high = level
+        else:
+            low = level + 1
+    seats = np.maximum(room - low, 0)
+    extra = total - int(seats.sum())
+    at_level = np.flatnonzero(room >= low)[:extra]  # room - seats == low >= 1 for these
+    seats[at_level] += 1
+    return seats
 
 
 def _optimum_by_columns(
@@ -577,28 +698,31 @@ def _optimum_by_columns(
 def _solve(
     groups: pd.DataFrame,
     profile_costs: NDArray[np.float64],
-    owners: pd.DataFrame,
+    capacity: NDArray[np.int64],
     active: NDArray[np.bool_],
     weights: AllocationWeights,
     budget: int,
 ) -> _Flows:
     """Solve the transportation problem over groups (HiGHS); return integral flows.
 
+    "Owners" here are the units of ``_OwnerUnits`` (``profile_costs``, ``capacity`` and
+    ``active`` are per unit, a group's ``stay_unit`` is one), and so are the flows' columns.
     A group with a current active owner stays unless some of it leaves, so its only variable is
     how many leave: staying is substituted out, and the group needs no row of its own. Leavers
     go to a pool per (profile, bucket) and from there either on to their profile's pool (a move,
     counted by the budget row) or out (unassigned, at the bucket's cost). Customers without a
     current owner start in a second pool per (profile, bucket), with the same two ways out.
     Profiles send customers to classes of owners (``_OwnerClasses``). So the rows are one per
-    owner, per pool, per class of several owners and the budget: some 8,800 at a million
-    customers and 6,666 owners, where a row per group made 520,000 and took 4-10 times as long.
+    unit, per pool, per class of several units and the budget: some 4,300 at a million
+    customers and 6,666 owners (8,800 with a row per owner; a row per group made 520,000 and
+    took 4-10 times as long).
     """
     n_groups = len(groups)
     n_profiles, n_owners = profile_costs.shape
     if n_groups == 0:  # no customers: HiGHS refuses a program without variables
         none = np.zeros(0, dtype=np.int64)
         return _Flows(none, none, np.zeros((n_profiles, n_owners), dtype=np.int64), 0.0)
-    stay_owner = groups["stay_owner"].to_numpy(dtype=np.int64)
+    stay_owner = groups["stay_unit"].to_numpy(dtype=np.int64)
     profile = groups["profile"].to_numpy(dtype=np.int64)
     count = groups["n"].to_numpy(dtype=np.int64)
     bucket = groups["bucket"].to_numpy(dtype=np.int64)
@@ -688,15 +812,14 @@ def _solve(
     # the first solve lets only those leave, and of an owner over capacity the groups that
     # gain most, as many as its excess; profiles reach only the classes that cost them least.
     # Pricing adds back any other column that would lower the cost (a move that makes room, a
-    # worse class when the best are full). On the sample's book the first solve has 137,304
-    # of 622,662 columns at 1M (359,558 before the last two cuts), 523,134 of 1,952,077 at 5M
-    # (998,193).
-    capacity = owners["capacity"].to_numpy(dtype=np.float64)
+    # worse class when the best are full). On the sample's book (seeded tiers) the first solve
+    # has 93,499 of 348,235 columns at 1M and 316,779 of 880,509 at 5M, over 4,275 and 11,253
+    # rows (with a row per owner: 115,375 of 497,017 and 521,605 of 1,949,838 columns).
     best = classes.costs.min(axis=1) if n_classes else np.zeros(n_profiles)
     start = np.ones(n_vars, dtype=bool)
     gain = stay_cost - best[profile[stays]]
     start[v_leave] = (gain > 2 * weights.move) | _covering_excess(
-        stay_owner[stays], gain, count[stays], held - capacity
+        stay_owner[stays], gain, count[stays], (held - capacity).astype(np.float64)
     )
     start[v_arc] = classes.costs[arcs_profile, arcs_class] <= best[arcs_profile]
     solution, objective = _optimum_by_columns(
@@ -772,16 +895,17 @@ def _spread(
 
 def _disaggregate(
     frame: pd.DataFrame,
-    groups: pd.DataFrame,
     flows: _Flows,
     costs: _Costs,
     owners: pd.DataFrame,
+    units: _OwnerUnits,
 ) -> pd.DataFrame:
     """Return the customers with an owner index each (-1: none), from the group flows.
 
-    Within a group the customers with the most value at risk stay, the next ones move, the
-    rest are left out; within a pool the movers with the most value at risk go to the cheapest
-    owners the solution sends flow to.
+    Within a group the customers with the most value at risk stay (each with its own owner),
+    the next ones move, the rest are left out; a unit's arrivals are spread over its owners'
+    room (``_OwnerUnits.seats_by_owner``); within a pool the movers with the most value at
+    risk go to the cheapest owners the solution sends flow to.
     """
     frame = frame.sort_values(["group", "value_at_risk"], ascending=[True, False], kind="stable")
     position = frame.groupby("group", sort=False).cumcount().to_numpy()
@@ -793,15 +917,20 @@ def _disaggregate(
     owner[stays] = frame["stay_owner"].to_numpy()[stays]
     movers = (position >= stay) & (position < stay + move)
     frame = frame.assign(owner=owner, mover=movers)
+    pool_to_owner = units.seats_by_owner(
+        flows.pool_to_owner,
+        np.bincount(owner[stays], minlength=len(owners)),
+        owners["capacity"].to_numpy(dtype=np.int64),
+    )
     pool = frame.loc[movers].sort_values(
         ["profile", "value_at_risk"], ascending=[True, False], kind="stable"
     )
     targets = np.full(len(pool), -1, dtype=np.int64)
     pool_profile = pool["profile"].to_numpy()
-    starts = np.searchsorted(pool_profile, np.arange(flows.pool_to_owner.shape[0]))
-    ends = np.searchsorted(pool_profile, np.arange(flows.pool_to_owner.shape[0]), side="right")
-    for p in np.flatnonzero(flows.pool_to_owner.sum(axis=1)):
-        counts = flows.pool_to_owner[p]
+    starts = np.searchsorted(pool_profile, np.arange(pool_to_owner.shape[0]))
+    ends = np.searchsorted(pool_profile, np.arange(pool_to_owner.shape[0]), side="right")
+    for p in np.flatnonzero(pool_to_owner.sum(axis=1)):
+        counts = pool_to_owner[p]
         order = np.argsort(costs.total[p], kind="stable")  # best-matched owners first
         seats = np.repeat(order, counts[order])
         take = min(len(seats), ends[p] - starts[p])
