@@ -427,6 +427,24 @@ def test_current_owners_keyed_by_numbers_find_customers_keyed_by_text() -> None:
     assert result.assignments["previous_owner_id"].fillna("-").tolist() == ["a", "-"]
 
 
+def test_a_customer_with_two_current_owners_is_refused_naming_it() -> None:
+    staff = owners(("a", "north", "retail", 3, 5, True), ("b", "north", "retail", 3, 5, True))
+    customers = book(("1", "north", "retail", "C", 1.0), ("2", "north", "retail", "C", 1.0))
+    current = pd.Series(["a", "b", "a"], index=["1", "1", "2"])
+    with pytest.raises(AllocationError, match=r"current owners: customer_id repeats in 1 rows"):
+        allocate(customers, staff, current)
+
+
+def test_text_columns_are_typed_as_pandas_types_the_same_strings() -> None:
+    # Reasons, mismatches and owner ids are built in Arrow; the column must be the one pandas
+    # makes of the Python strings: text, or object when every value is None.
+    words = ["kept", None, "new"]
+    for codes in ([0, 1, 2, 0], [1, 1], [2]):
+        built = pd.Series(allocation._text_column(words, np.array(codes)))
+        expected = pd.DataFrame({"x": np.array(words, dtype=object)[codes]})["x"]
+        pd.testing.assert_series_equal(built, expected, check_names=False)
+
+
 def test_no_customers_allocate_to_nothing_and_no_owners_are_refused() -> None:
     # Two alike owners form a class; with no customers it hands on nothing.
     alike = owners(("a", "north", "retail", 3, 1, True), ("b", "north", "retail", 3, 1, True))
