@@ -182,6 +182,40 @@ def test_weights_that_would_leave_customers_out_are_refused() -> None:
         AllocationWeights(unassigned=10.0)
 
 
+def test_quality_shares_count_customers_whose_owner_covers_them() -> None:
+    staff = owners(
+        ("north", "north", "retail;services", 3, 5, True),
+        ("south", "south", "retail", 1, 5, True),
+        ("gone", "east", "retail", 3, 5, False),
+    )
+    customers = book(
+        ("a", "north", "retail", "A", 1.0),  # region, industry, top seniority
+        ("b", "north", "public", "A", 1.0),  # region only
+        ("c", "north", "retail", "A", 1.0),  # industry only, a junior owner
+        ("d", None, "retail", "C", 1.0),  # unknown region: not in the region share
+        ("e", "south", "retail", "B", 1.0),  # no owner
+    )
+    assignments = pd.DataFrame(
+        {
+            "customer_id": ["a", "b", "c", "d", "e"],
+            "owner_id": ["north", "north", "south", "south", None],
+            "moved": [False, True, False, False, False],
+        }
+    )
+    quality = allocation_quality(assignments, customers, staff)
+    assert quality == {
+        "customers": 5.0,
+        "unassigned": 1.0,
+        "moves": 1.0,
+        "region_match_share": pytest.approx(2 / 3),
+        "industry_match_share": pytest.approx(3 / 4),
+        "a_tier_top_seniority_share": pytest.approx(2 / 3),
+        "owners_over_capacity": 0.0,
+    }
+    with pytest.raises(AllocationError, match=r"'owner_id' names no owner in 1 rows"):
+        allocation_quality(assignments.assign(owner_id="nobody").iloc[:1], customers, staff)
+
+
 def test_workload_counts_accounts_a_tier_high_risk_and_moves() -> None:
     customers = book(
         ("c1", "north", "retail", "A", 10.0),
