@@ -289,7 +289,7 @@ def allocate(
     # alike owners with room count as one (``_OwnerUnits``).
     frame, costs = _with_profiles(frame, owners, weights)
     stay = frame["stay_owner"].to_numpy()
-    held = np.bincount(stay[stay >= 0], minlength=len(owners))
+    held = np.bincount(stay[stay >= 0], minlength=len(owners))  # by active owners
     units = _OwnerUnits.of(costs.total, owners, held)
     frame["stay_unit"] = np.where(stay >= 0, units.unit[np.maximum(stay, 0)], -1)
     frame["group"] = frame.groupby(["profile", "bucket", "stay_unit"], sort=True).ngroup()
@@ -303,7 +303,8 @@ def allocate(
         )
         .reset_index(drop=True)
     )
-    overflow = _overflow(frame, owners)
+    # Customers active owners hold beyond their capacity: they must move.
+    overflow = int(np.maximum(held - owners["capacity"].to_numpy(), 0).sum())
     budget = int(np.floor(max_moves_share * len(frame)))
     # Rounding fractional flows can cost a move or two beyond the budget (a leftover placed
     # away from its full owner): then solve again with the budget row tightened by the excess.
@@ -418,18 +419,22 @@ def _positions(keys: pa.Array, among: pa.Array) -> NDArray[np.int64]:
     return np.asarray(pc.fill_null(found, -1).to_numpy(), dtype=np.int64)
 
 
-def _owner_ids(owners: pd.DataFrame, rows: NDArray[np.int64]) -> NDArray[np.object_]:
-    """Return the owner id of each owner row number (None for -1: no owner)."""
-    owner_id = owners["owner_id"].to_numpy(dtype=object)[np.maximum(rows, 0)]
-    owner_id[rows < 0] = None
-    return owner_id
+def _owner_ids(owners: pd.DataFrame, rows: NDArray[np.int64]) -> pd.Series | NDArray[np.object_]:
+    """Return the owner id of each owner row number (null for -1: no owner), as a column."""
+    return _text_column([*owners["owner_id"], None], np.where(rows >= 0, rows, len(owners)))
 
 
-def _overflow(frame: pd.DataFrame, owners: pd.DataFrame) -> int:
-    """Return how many customers active owners hold beyond their capacity (they must move)."""
-    held = frame.loc[frame["stay_owner"] >= 0, "stay_owner"].value_counts()
-    capacity = owners["capacity"].to_numpy()[held.index.to_numpy()]
-    return int(np.maximum(held.to_numpy() - capacity, 0).sum())
+def _moved(frame: pd.DataFrame, owner: NDArray[np.int64]) -> NDArray[np.bool_]:
+    """Return per customer whether it has a previous owner and ``owner`` (a row) is another.
+
+    Owner ids are unique, so comparing rows is comparing ids; a previous owner not in the
+    table (-1) is never the new one.
+    """
+    prev_index = frame["previous_index"].to_numpy()
+    return np.asarray(
+        frame["has_previous"].to_numpy() & ((prev_index < 0) | (owner != prev_index)),
+        dtype=bool,
+    )
 
 
 @dataclass(frozen=True)
@@ -1030,8 +1035,7 @@ def _reasons(
     profile = frame["profile"].to_numpy()
     prev_index = frame["previous_index"].to_numpy()
     has_previous = frame["has_previous"].to_numpy()
-    # Owner ids are unique, so a customer moved unless its owner is its previous one.
-    moved = has_previous & ((prev_index < 0) | (owner != prev_index))
+    moved = _moved(frame, owner)
 
     def broken(o: NDArray[np.int64]) -> dict[str, NDArray[np.bool_]]:
         safe = np.maximum(o, 0)
@@ -1085,9 +1089,7 @@ def _reasons(
     return pd.DataFrame(
         {
             "customer_id": frame["customer_id"].array,
-            "owner_id": _text_column(
-                [*owners["owner_id"], None], np.where(owner >= 0, owner, len(owners))
-            ),
+            "owner_id": _owner_ids(owners, owner),
             "previous_owner_id": frame["previous_owner_id"].to_numpy(dtype=object),
             "reason": _text_column(REASONS, reason),
             "mismatch": _text_column(spelled, code),
@@ -1164,14 +1166,12 @@ def greedy_allocate(
             choice = int(ranked[c])
         owner[i] = choice
         room[choice] -= 1
-    previous = frame["previous_owner_id"].to_numpy(dtype=object)
-    owner_id = _owner_ids(owners, owner)
     return pd.DataFrame(
         {
-            "customer_id": frame["customer_id"].to_numpy(),
-            "owner_id": owner_id,
-            "previous_owner_id": previous,
-            "moved": pd.notna(previous) & (owner_id != previous),
+            "customer_id": frame["customer_id"].array,
+            "owner_id": _owner_ids(owners, owner),
+            "previous_owner_id": frame["previous_owner_id"].to_numpy(dtype=object),
+            "moved": _moved(frame, owner),
         }
     )
 
